@@ -1,0 +1,27 @@
+//! `distillery-models`: a BERT-family encoder for distillation.
+//!
+//! Its forward returns one plain [`BertOutput`] with every intermediate a distillation loss may
+//! need (embedding output, every layer's hidden states, per-head Q/K/V, optional attention maps,
+//! pooled output, logits). It loads and saves Hugging Face folders and builds students.
+//!
+//! This crate knows nothing of losses, schedules or training loops.
+
+pub mod bert;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod layers;
+pub mod output;
+pub mod params;
+pub mod rng;
+pub mod student;
+pub mod tokenizer;
+
+pub use bert::{mean_pool, BertModel, ForwardOptions};
+pub use config::{Activation, BertConfig};
+pub use error::{ModelError, Result};
+pub use hub::{load_model, save_model, LoadOptions};
+pub use layers::Kernels;
+pub use output::{BertOutput, LayerAttention};
+pub use student::{random_student, student_from_teacher, student_from_teacher_spec, StudentSpec};
+pub use tokenizer::{BatchTensors, EncodedBatch, TextInput, TextTokenizer};
