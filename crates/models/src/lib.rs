@@ -15,6 +15,8 @@ pub mod output;
 pub mod params;
 pub mod rng;
 pub mod student;
+#[doc(hidden)]
+pub mod testing;
 pub mod tokenizer;
 
 pub use bert::{mean_pool, BertModel, ForwardOptions};

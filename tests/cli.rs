@@ -1,0 +1,256 @@
+//! End-to-end tests of the `distillery` binary: the files it writes and the errors it prints.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{DType, Device, IndexOp};
+use distillery_models::{
+    load_model, mean_pool, random_student, save_model, testing, ForwardOptions, LoadOptions,
+    TextInput, TextTokenizer,
+};
+
+fn distillery(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_distillery"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A saved tiny random model with a tokenizer, as a user's HF folder would be.
+fn tiny_model_dir(root: &Path) -> PathBuf {
+    let dir = root.join("tiny");
+    let model = random_student(
+        testing::tiny_config(&[]),
+        3,
+        false,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let tok = root.join("tok");
+    std::fs::create_dir_all(&tok).unwrap();
+    testing::write_tiny_tokenizer(&tok).unwrap();
+    save_model(&model, &dir, Some(&tok)).unwrap();
+    dir
+}
+
+fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn embed_writes_one_line_per_text_matching_the_library() {
+    let root = tempfile::tempdir().unwrap();
+    let model_dir = tiny_model_dir(root.path());
+    let input = root.path().join("in.txt");
+    let texts = [
+        "the cat sat on the mat.",
+        "a dog ran fast!",
+        "good movie",
+        "bad",
+    ];
+    std::fs::write(&input, texts.join("\n") + "\n").unwrap();
+    for pooling in ["mean", "cls"] {
+        let output = root.path().join(format!("{pooling}.jsonl"));
+        let o = distillery(&[
+            "embed",
+            "--model",
+            model_dir.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--pooling",
+            pooling,
+            "--batch-size",
+            "3",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let rows = read_jsonl(&output);
+        assert_eq!(rows.len(), texts.len());
+        // Expected values from the library, one text at a time (batching must not change them).
+        let model = load_model(&model_dir, &LoadOptions::default()).unwrap();
+        let tok = TextTokenizer::from_file(&model_dir.join("tokenizer.json"), 128).unwrap();
+        for (row, text) in rows.iter().zip(texts) {
+            assert_eq!(row["text"], text);
+            let b = tok
+                .encode_batch(&[TextInput::Single(text.into())])
+                .unwrap()
+                .to_tensors(&Device::Cpu)
+                .unwrap();
+            let out = model
+                .forward(
+                    &b.input_ids,
+                    Some(&b.token_type_ids),
+                    &b.attention_mask,
+                    &ForwardOptions::default(),
+                )
+                .unwrap();
+            let want = match pooling {
+                "mean" => mean_pool(out.last_hidden_state(), &out.mask)
+                    .unwrap()
+                    .i(0)
+                    .unwrap(),
+                _ => out.last_hidden_state().i((0, 0)).unwrap(),
+            };
+            let want = want.to_vec1::<f32>().unwrap();
+            let got: Vec<f64> = row["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            assert_eq!(got.len(), 16);
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - f64::from(w)).abs() < 1e-5, "{text}: {g} vs {w}");
+            }
+        }
+    }
+}
+
+#[test]
+fn embed_reproduces_minilm_reference_embeddings() {
+    let fixtures = std::env::var_os("DISTILLERY_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures"));
+    let model_dir = fixtures.join("all-MiniLM-L6-v2");
+    assert!(
+        model_dir.join("model.safetensors").is_file(),
+        "run scripts/fetch-fixtures.sh"
+    );
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../models/tests/data/minilm_reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let singles: Vec<&serde_json::Value> = reference["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e.get("pair").is_none())
+        .collect();
+    let root = tempfile::tempdir().unwrap();
+    let input = root.path().join("in.txt");
+    let lines: Vec<&str> = singles
+        .iter()
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let output = root.path().join("out.jsonl");
+    let o = distillery(&[
+        "embed",
+        "--model",
+        model_dir.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (row, ex) in read_jsonl(&output).iter().zip(&singles) {
+        let got = row["embedding"].as_array().unwrap();
+        let want = ex["mean_pooled"].as_array().unwrap();
+        assert_eq!(got.len(), 384);
+        for (g, w) in got.iter().zip(want) {
+            assert!((g.as_f64().unwrap() - w.as_f64().unwrap()).abs() <= 1e-4);
+        }
+    }
+}
+
+#[test]
+fn embed_errors_are_one_line_and_leave_existing_output_alone() {
+    let root = tempfile::tempdir().unwrap();
+    let model_dir = tiny_model_dir(root.path());
+    let output = root.path().join("out.jsonl");
+    std::fs::write(&output, "precious\n").unwrap();
+    let input = root.path().join("in.txt");
+    std::fs::write(&input, "good movie\n\nbad\n").unwrap();
+    let m = model_dir.to_str().unwrap();
+    let o = distillery(&[
+        "embed",
+        "--model",
+        m,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("in.txt:2") && e.contains("empty line"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), "precious\n");
+
+    std::fs::write(&input, b"ok\n\xff\xfe\n").unwrap();
+    let e = stderr(&distillery(&[
+        "embed",
+        "--model",
+        m,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]));
+    assert!(e.contains("in.txt:2") && e.contains("UTF-8"), "{e}");
+
+    std::fs::write(&input, "good movie\n").unwrap();
+    let e = stderr(&distillery(&[
+        "embed",
+        "--model",
+        "/no/such/model",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]));
+    assert!(e.contains("/no/such/model"), "{e}");
+    let o = distillery(&[
+        "embed",
+        "--model",
+        m,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--batch-size",
+        "0",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "clap rejects a zero batch size");
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), "precious\n");
+}
+
+#[test]
+fn inspect_prints_config_and_parameter_counts() {
+    let root = tempfile::tempdir().unwrap();
+    let model_dir = tiny_model_dir(root.path());
+    let o = distillery(&["inspect", "--model", model_dir.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // 40·16 + 32·16 + 2·16 + 2·16 embeddings; per layer 4·(16·16+16) + 2·2·16 + 16·24+24 + 24·16+16; pooler 16·16+16.
+    let layer = 4 * (16 * 16 + 16) + 4 * 16 + (16 * 24 + 24) + (24 * 16 + 16);
+    assert_eq!(
+        doc["parameters"]["embeddings"],
+        40 * 16 + 32 * 16 + 2 * 16 + 2 * 16
+    );
+    assert_eq!(doc["parameters"]["encoder.layer.2"], layer);
+    assert_eq!(doc["total_parameters"], 40 * 16 + 32 * 16 + 64 + 3 * layer);
+    assert_eq!(doc["config"]["num_attention_heads"], 4);
+    let table = distillery(&["inspect", "--model", model_dir.to_str().unwrap()]);
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        text.contains("heads        4 (head dim 4)") && text.contains("total"),
+        "{text}"
+    );
+}

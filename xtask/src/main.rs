@@ -1,0 +1,40 @@
+//! `cargo xtask`: project automation — benchmarks and fixtures.
+//!
+//! cargo xtask fixtures                 fetch the real fixtures (scripts/fetch-fixtures.sh)
+//! cargo xtask bench forward [--json]   all-MiniLM-L6-v2 forward, batch 32 x seq 128, vs PyTorch
+
+use anyhow::{bail, Context, Result};
+
+mod bench_forward;
+mod util;
+
+/// Flags followed by a value.
+const VALUE_FLAGS: [&str; 1] = ["--iters"];
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let json = args.iter().any(|a| a == "--json");
+    // Positional words: everything but `--flag` and the value after a flag that takes one.
+    let mut words: Vec<&str> = Vec::new();
+    let mut skip = false;
+    for a in &args {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        if a.starts_with("--") {
+            skip = VALUE_FLAGS.contains(&a.as_str());
+        } else {
+            words.push(a);
+        }
+    }
+    match words.as_slice() {
+        ["fixtures"] => util::run_script("scripts/fetch-fixtures.sh"),
+        ["bench", "forward"] => bench_forward::run(json, &args),
+        // Internal: the measured process of `bench forward`, so its peak RSS is its own.
+        ["bench-forward-child", model, iters] => bench_forward::child(model, iters.parse().context("iterations")?),
+        _ => bail!(
+            "usage: cargo xtask fixtures | cargo xtask bench forward [--json] [--iters N]\n(got {:?})",
+            args
+        ),
+    }
+}
