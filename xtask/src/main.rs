@@ -2,10 +2,15 @@
 //!
 //! cargo xtask fixtures                 fetch the real fixtures (scripts/fetch-fixtures.sh)
 //! cargo xtask bench forward [--json]   all-MiniLM-L6-v2 forward, batch 32 x seq 128, vs PyTorch
+//! cargo xtask bench attention-kl [--json] [--iters N]
+//!                                      fused vs slow vs PyTorch attention KL, fwd + bwd
+//! cargo xtask bench ops                per-op cost of one MiniLM layer (profiling aid)
 
 use anyhow::{bail, Context, Result};
 
+mod bench_attention_kl;
 mod bench_forward;
+mod bench_ops;
 mod util;
 
 /// Flags followed by a value.
@@ -30,10 +35,15 @@ fn main() -> Result<()> {
     match words.as_slice() {
         ["fixtures"] => util::run_script("scripts/fetch-fixtures.sh"),
         ["bench", "forward"] => bench_forward::run(json, &args),
+        ["bench", "ops"] => bench_ops::run(),
+        ["bench", "attention-kl"] => bench_attention_kl::run(json, &args),
+        ["bench-attention-kl-child", b, h, l, d, which, iters] => {
+            bench_attention_kl::child(&[b, h, l, d], which, iters)
+        }
         // Internal: the measured process of `bench forward`, so its peak RSS is its own.
         ["bench-forward-child", model, iters] => bench_forward::child(model, iters.parse().context("iterations")?),
         _ => bail!(
-            "usage: cargo xtask fixtures | cargo xtask bench forward [--json] [--iters N]\n(got {:?})",
+            "usage: cargo xtask fixtures | cargo xtask bench (forward|attention-kl|ops) [--json] [--iters N]\n(got {:?})",
             args
         ),
     }

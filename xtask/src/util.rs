@@ -23,10 +23,23 @@ pub fn run_script(rel: &str) -> Result<()> {
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`).
 pub fn peak_rss_mib() -> Option<f64> {
+    rss_mib("VmHWM")
+}
+
+/// A memory field of /proc/self/status (`VmRSS`, `VmHWM`) in MiB.
+pub fn rss_mib(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// Resets `VmHWM` to the current RSS (Linux `clear_refs` 5), so that a later peak measures
+/// only what follows. False where unsupported.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 pub fn median(xs: &mut [f64]) -> f64 {

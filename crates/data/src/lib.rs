@@ -1,1 +1,39 @@
-//! Placeholder: filled by a later issue.
+//! `distillery-data`: from a TSV / CSV / JSONL file to tokenised, padded, seeded batches.
+//!
+//! ```text
+//! read_dataset(path, &ReadConfig)          → Dataset { examples, skipped }   (read)
+//! split(dataset, fractions, seed)          → Splits { train, dev, test }      (split)
+//! LabelVocab::from_dataset(&train, order)  → label ↔ id; validate(dev/test)   (labels)
+//! Batcher::new(&train, &tokenizer, Some(&vocab), BatchConfig) → Batch …       (batch)
+//! ```
+//!
+//! - Malformed rows (wrong column count, empty text or label, invalid UTF-8, bad JSON, missing
+//!   key, unknown label) are errors naming the file and 1-based line, or — with
+//!   [`MalformedPolicy::Skip`] — left out and listed in [`Dataset::skipped`].
+//! - Everything random (splits, shuffling) draws from `distillery_models::rng::SplitMix64`
+//!   streams derived from the seed: the same seed gives the same order on every platform.
+//! - [`Batcher::cursor`] / [`Batcher::from_cursor`] save and restore the position so that a
+//!   resumed run continues at the same example.
+//! - Tokenisation is the teacher's ([`distillery_models::TextTokenizer`]): truncation to its
+//!   maximum length, padding to each batch's longest sequence.
+//!
+//! This crate knows nothing of models' internals or of training.
+
+mod batch;
+mod csv;
+pub mod error;
+mod labels;
+mod read;
+mod sampler;
+pub mod shuffle;
+mod split;
+
+pub use batch::{Batch, Batcher, EpochBatches};
+pub use error::{DataError, Problem, Result};
+pub use labels::{LabelOrder, LabelVocab};
+pub use read::{
+    parse_dataset, read_dataset, ColumnSpec, Dataset, Example, Format, MalformedPolicy, ReadConfig,
+    Skipped,
+};
+pub use sampler::{BatchConfig, Cursor, IndexBatch, Sampler};
+pub use split::{load_splits, split, SplitFractions, SplitSpec, Splits};

@@ -178,16 +178,6 @@ impl BertModel {
         self.dtype
     }
 
-    /// Frozen models use candle's fused (gradient-free) softmax and layer norm; trainable ones
-    /// the differentiable forms.
-    pub fn kernels(&self) -> Kernels {
-        if self.is_trainable() {
-            Kernels::Differentiable
-        } else {
-            Kernels::FusedNoGrad
-        }
-    }
-
     /// Runs the encoder. `input_ids`, `token_type_ids`: [batch, seq] integer tensors;
     /// `attention_mask`: [batch, seq], 1 for tokens and 0 for padding (any dtype).
     pub fn forward(
@@ -202,7 +192,7 @@ impl BertModel {
             token_type_ids,
             attention_mask,
             opts,
-            self.kernels(),
+            Kernels::Fused,
         )
     }
 
@@ -338,7 +328,7 @@ impl BertModel {
             &format!("{site}.attn_out"),
         )?;
         let h1 = l.attn_norm.forward(&(a + &x2)?, kernels)?;
-        let inter = activation(&l.intermediate.forward(&h1)?, c.hidden_act)?;
+        let inter = activation(&l.intermediate.forward(&h1)?, c.hidden_act, kernels)?;
         let o = dropout(
             &l.output.forward(&inter)?,
             p_hidden,

@@ -45,6 +45,9 @@ pub enum ModelError {
     Input(String),
 
     #[error(transparent)]
+    Kernel(#[from] distillery_kernels::KernelError),
+
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 

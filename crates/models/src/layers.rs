@@ -1,21 +1,24 @@
-//! The building blocks: linear, layer norm, dropout, activation. Each exists in a differentiable
-//! form (plain candle ops, so gradients flow) and, for frozen models, candle's fused forms,
-//! which are faster but silently drop gradients (see FIXTURES.md): `Kernels` picks one.
+//! The building blocks: linear, layer norm, dropout, activation. Softmax, layer norm and GELU
+//! come in two forms with gradients: distillery-kernels' fused ops (default) and references
+//! built from elementary candle ops. candle's own fused softmax/layer norm are never used: they
+//! silently drop gradients (see FIXTURES.md).
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor, D};
+use distillery_kernels::fused;
 
 use crate::config::Activation;
 use crate::error::Result;
 use crate::params::{Init, ParamBuilder};
 use crate::rng::SplitMix64;
 
-/// Which implementation of softmax and layer norm a forward uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which implementation of softmax, layer norm and GELU a forward uses. Both have gradients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kernels {
-    /// Built from elementary candle ops: every parameter receives gradients.
-    Differentiable,
-    /// candle's fused ops (`softmax_last_dim`, fused layer norm): no backward, inference only.
-    FusedNoGrad,
+    /// distillery-kernels' fused row-wise ops (f32 on the CPU; others fall back to `Reference`).
+    #[default]
+    Fused,
+    /// Built from elementary candle ops: the reference the fused ops are tested against.
+    Reference,
 }
 
 #[derive(Debug, Clone)]
@@ -81,11 +84,9 @@ impl LayerNorm {
 
     pub fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
         Ok(match kernels {
-            Kernels::FusedNoGrad => {
-                candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)?
-            }
-            Kernels::Differentiable => {
-                layer_norm_differentiable(x, &self.weight, &self.bias, self.eps)?
+            Kernels::Fused => fused::layer_norm(x, &self.weight, &self.bias, self.eps as f32)?,
+            Kernels::Reference => {
+                fused::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)?
             }
         })
     }
@@ -96,35 +97,17 @@ impl LayerNorm {
     }
 }
 
-/// Layer norm over the last dimension from elementary ops, so that it has a backward.
-/// Half-precision inputs are normalised in f32.
-pub fn layer_norm_differentiable(
-    x: &Tensor,
-    w: &Tensor,
-    b: &Tensor,
-    eps: f64,
-) -> candle_core::Result<Tensor> {
-    let dtype = x.dtype();
-    let x = match dtype {
-        DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
-        _ => x.clone(),
-    };
-    let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
-    normed.to_dtype(dtype)?.broadcast_mul(w)?.broadcast_add(b)
-}
-
 /// Softmax over the last dimension.
 pub fn softmax_last(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
     Ok(match kernels {
-        Kernels::FusedNoGrad => candle_nn::ops::softmax_last_dim(x)?,
-        Kernels::Differentiable => candle_nn::ops::softmax(x, D::Minus1)?,
+        Kernels::Fused => fused::softmax_last_dim(x)?,
+        Kernels::Reference => candle_nn::ops::softmax(x, D::Minus1)?,
     })
 }
 
-pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+pub fn activation(x: &Tensor, act: Activation, kernels: Kernels) -> Result<Tensor> {
     Ok(match act {
+        Activation::Gelu if kernels == Kernels::Fused => fused::gelu_erf(x)?,
         Activation::Gelu => x.gelu_erf()?,
         Activation::GeluNew | Activation::GeluPytorchTanh => x.gelu()?,
         Activation::Relu => x.relu()?,

@@ -1,0 +1,96 @@
+//! Fused row-wise CPU ops with backward: erf-GELU, softmax over the last dim, layer norm.
+//!
+//! candle's own fused softmax and layer norm have no backward (they silently drop gradients) and
+//! its erf-GELU is a scalar loop; the composites that do have a backward make several passes and
+//! allocations. These ops make one or two passes per row with the 8-lane [`Simd`] layer, run in
+//! parallel over rows, and have backward ops of the same kind. f32 on the CPU only: other dtypes
+//! and devices fall back to the composite references (`*_slow`), which are also what the tests
+//! compare against.
+
+mod gelu;
+mod layer_norm;
+mod softmax;
+
+pub use gelu::{gelu_erf, gelu_erf_slow};
+pub use layer_norm::{layer_norm, layer_norm_slow};
+pub use softmax::{softmax_last_dim, softmax_last_dim_slow};
+
+use candle_core::{CpuStorage, DType, Device, Layout, Tensor};
+use rayon::prelude::*;
+
+use crate::simd::{Isa, Simd, LANES};
+
+/// Rows per rayon task: enough work to amortise scheduling (~16k floats).
+fn rows_per_task(width: usize) -> usize {
+    (16_384 / width.max(1)).max(1)
+}
+
+/// Whether the fused CPU path applies.
+fn fused_applies(x: &Tensor) -> bool {
+    x.dtype() == DType::F32 && matches!(x.device(), Device::Cpu)
+}
+
+/// The contiguous f32 slice behind a storage/layout pair.
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => match v.get(a..b) {
+            Some(v) => Ok(v),
+            None => candle_core::bail!("{op}: layout out of bounds"),
+        },
+        (CpuStorage::F32(_), None) => candle_core::bail!("{op}: input must be contiguous"),
+        _ => candle_core::bail!("{op}: expected an f32 tensor"),
+    }
+}
+
+/// Applies `f(isa, input rows, output rows)` to matching chunks of whole rows in parallel.
+fn par_rows(
+    inputs: &[&[f32]],
+    out: &mut [f32],
+    width: usize,
+    f: impl Fn(Isa, &[&[f32]], &mut [f32]) + Sync,
+) {
+    let isa = Isa::detect();
+    let chunk = rows_per_task(width) * width;
+    out.par_chunks_mut(chunk).enumerate().for_each(|(i, o)| {
+        let start = i * chunk;
+        let ins: Vec<&[f32]> = inputs.iter().map(|x| &x[start..start + o.len()]).collect();
+        f(isa, &ins, o);
+    });
+}
+
+/// Horizontal sum and max of a vector.
+#[inline(always)]
+fn hsum<S: Simd>(s: S, v: S::V) -> f32 {
+    let mut a = [0f32; LANES];
+    s.store_slice(&mut a, v);
+    a.iter().sum()
+}
+
+#[inline(always)]
+fn hmax<S: Simd>(s: S, v: S::V) -> f32 {
+    let mut a = [0f32; LANES];
+    s.store_slice(&mut a, v);
+    a.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// Defines `$name(isa, args..)` running the generic row kernel `$kernel(simd, args..)` with the
+/// detected instruction set. On x86-64 the AVX2 instance is compiled inside a
+/// `#[target_feature]` function, so the `#[inline(always)]` kernel and its intrinsics inline there.
+macro_rules! simd_entry {
+    ($name:ident => $kernel:ident ( $($a:ident : $t:ty),* )) => {
+        fn $name(isa: $crate::simd::Isa, $($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2(s: $crate::simd::Avx2, $($a: $t),*) {
+                $kernel(s, $($a),*)
+            }
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: an `Avx2` token exists only when AVX2 and FMA were detected at run time.
+                $crate::simd::Isa::Avx2(s) => unsafe { avx2(s, $($a),*) },
+                $crate::simd::Isa::Portable(s) => $kernel(s, $($a),*),
+            }
+        }
+    };
+}
+pub(crate) use simd_entry;

@@ -1,0 +1,148 @@
+//! Softmax over the last dimension with a backward: `y = e^{x−max}/Σe^{x−max}`,
+//! `dx = y ⊙ (g − Σ g⊙y)`.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D};
+
+use super::{f32_slice, fused_applies, hmax, hsum, par_rows, simd_entry};
+use crate::error::Result;
+use crate::simd::{exp_scalar, Simd, LANES};
+
+#[inline(always)]
+fn fwd_kernel<S: Simd>(s: S, x: &[f32], y: &mut [f32], width: usize) {
+    let n = width / LANES * LANES;
+    for (xr, yr) in x.chunks_exact(width).zip(y.chunks_exact_mut(width)) {
+        let mut mv = s.splat(f32::NEG_INFINITY);
+        for i in (0..n).step_by(LANES) {
+            mv = s.max(mv, s.load_slice(&xr[i..]));
+        }
+        let m = xr[n..].iter().copied().fold(hmax(s, mv), f32::max);
+        // A row of −inf (or empty) would give NaN; the model never produces one, but be safe.
+        let m = if m == f32::NEG_INFINITY { 0.0 } else { m };
+        let (msplat, mut sv) = (s.splat(m), s.zero());
+        for i in (0..n).step_by(LANES) {
+            let e = s.exp(s.sub(s.load_slice(&xr[i..]), msplat));
+            sv = s.add(sv, e);
+            s.store_slice(&mut yr[i..], e);
+        }
+        let mut sum = hsum(s, sv);
+        for i in n..width {
+            yr[i] = exp_scalar(xr[i] - m);
+            sum += yr[i];
+        }
+        let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+        let iv = s.splat(inv);
+        for i in (0..n).step_by(LANES) {
+            let v = s.mul(s.load_slice(&yr[i..]), iv);
+            s.store_slice(&mut yr[i..], v);
+        }
+        for v in &mut yr[n..] {
+            *v *= inv;
+        }
+    }
+}
+
+#[inline(always)]
+fn bwd_kernel<S: Simd>(s: S, y: &[f32], g: &[f32], dx: &mut [f32], width: usize) {
+    let n = width / LANES * LANES;
+    for ((yr, gr), dr) in y
+        .chunks_exact(width)
+        .zip(g.chunks_exact(width))
+        .zip(dx.chunks_exact_mut(width))
+    {
+        let mut dv = s.zero();
+        for i in (0..n).step_by(LANES) {
+            dv = s.fma(s.load_slice(&yr[i..]), s.load_slice(&gr[i..]), dv);
+        }
+        let dot = hsum(s, dv) + (n..width).map(|i| yr[i] * gr[i]).sum::<f32>();
+        let dotv = s.splat(dot);
+        for i in (0..n).step_by(LANES) {
+            let v = s.mul(s.load_slice(&yr[i..]), s.sub(s.load_slice(&gr[i..]), dotv));
+            s.store_slice(&mut dr[i..], v);
+        }
+        for i in n..width {
+            dr[i] = yr[i] * (gr[i] - dot);
+        }
+    }
+}
+
+simd_entry!(fwd => fwd_kernel(x: &[f32], y: &mut [f32], width: usize));
+simd_entry!(bwd => bwd_kernel(y: &[f32], g: &[f32], dx: &mut [f32], width: usize));
+
+struct SoftmaxOp;
+
+fn width_of(l: &Layout) -> usize {
+    l.dims().last().copied().unwrap_or(1)
+}
+
+impl CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "distillery-softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let w = width_of(l);
+        let mut y = vec![0f32; x.len()];
+        if w > 0 {
+            par_rows(&[x], &mut y, w, |isa, ins, out| fwd(isa, ins[0], out, w));
+        }
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(
+            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwdOp)?,
+        ))
+    }
+}
+
+struct SoftmaxBwdOp;
+
+impl CustomOp2 for SoftmaxBwdOp {
+    fn name(&self) -> &'static str {
+        "distillery-softmax-last-dim-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = f32_slice(s1, l1, self.name())?;
+        let g = f32_slice(s2, l2, self.name())?;
+        if y.len() != g.len() {
+            candle_core::bail!(
+                "{}: gradient has {} elements, output {}",
+                self.name(),
+                g.len(),
+                y.len()
+            );
+        }
+        let w = width_of(l1);
+        let mut dx = vec![0f32; y.len()];
+        if w > 0 {
+            par_rows(&[y, g], &mut dx, w, |isa, ins, out| {
+                bwd(isa, ins[0], ins[1], out, w)
+            });
+        }
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension with a backward: fused on f32 CPU tensors,
+/// [`softmax_last_dim_slow`] otherwise.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if !fused_applies(x) {
+        return softmax_last_dim_slow(x);
+    }
+    Ok(x.contiguous()?.apply_op1(SoftmaxOp)?)
+}
+
+/// The reference: candle-nn's composite softmax (max, sub, exp, sum, div; has a backward).
+pub fn softmax_last_dim_slow(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}

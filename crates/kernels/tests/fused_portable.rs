@@ -1,0 +1,35 @@
+//! The fused row-wise ops on the portable (non-AVX2) path. A separate binary because the path is
+//! chosen through an environment variable.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{assert_close, randn, to_vec, Rng};
+use distillery_kernels::fused::*;
+
+#[test]
+fn portable_path_matches_the_references() {
+    std::env::set_var("DISTILLERY_KERNELS_PORTABLE", "1");
+    let mut rng = Rng::new(9);
+    let x = randn(&mut rng, &[5, 37], 3.0);
+    let w = randn(&mut rng, &[37], 1.0);
+    let b = randn(&mut rng, &[37], 1.0);
+    assert_close(
+        "gelu",
+        &to_vec(&gelu_erf(&x).unwrap()),
+        &to_vec(&gelu_erf_slow(&x).unwrap()),
+        2e-6,
+    );
+    assert_close(
+        "softmax",
+        &to_vec(&softmax_last_dim(&x).unwrap()),
+        &to_vec(&softmax_last_dim_slow(&x).unwrap()),
+        1e-6,
+    );
+    assert_close(
+        "layer_norm",
+        &to_vec(&layer_norm(&x, &w, &b, 1e-12).unwrap()),
+        &to_vec(&layer_norm_slow(&x, &w, &b, 1e-12).unwrap()),
+        2e-5,
+    );
+}
