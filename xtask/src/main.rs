@@ -5,12 +5,21 @@
 //! cargo xtask bench attention-kl [--json] [--iters N]
 //!                                      fused vs slow vs PyTorch attention KL, fwd + bwd
 //! cargo xtask bench ops                per-op cost of one MiniLM layer (profiling aid)
+//! cargo xtask export-check             a saved student loads in Python transformers, same outputs
+//! cargo xtask kernels [--check] [--no-emulate] [--tsan]
+//!                                      CUDA kernels: nvcc → committed PTX (sm_80, sm_90),
+//!                                      ptxas, host emulation check (see xtask/src/kernels.rs)
+//! cargo xtask gpu-check [--dev]        build .gpu/ (CUDA test + bench binaries, run.sh) for a
+//!                                      GPU machine without cargo (see xtask/src/gpu_check.rs)
 
 use anyhow::{bail, Context, Result};
 
 mod bench_attention_kl;
 mod bench_forward;
 mod bench_ops;
+mod export_check;
+mod gpu_check;
+mod kernels;
 mod util;
 
 /// Flags followed by a value.
@@ -36,14 +45,17 @@ fn main() -> Result<()> {
         ["fixtures"] => util::run_script("scripts/fetch-fixtures.sh"),
         ["bench", "forward"] => bench_forward::run(json, &args),
         ["bench", "ops"] => bench_ops::run(),
+        ["export-check"] => export_check::run(),
         ["bench", "attention-kl"] => bench_attention_kl::run(json, &args),
+        ["kernels"] => kernels::run(&args),
+        ["gpu-check"] => gpu_check::run(&args),
         ["bench-attention-kl-child", b, h, l, d, which, iters] => {
             bench_attention_kl::child(&[b, h, l, d], which, iters)
         }
         // Internal: the measured process of `bench forward`, so its peak RSS is its own.
         ["bench-forward-child", model, iters] => bench_forward::child(model, iters.parse().context("iterations")?),
         _ => bail!(
-            "usage: cargo xtask fixtures | cargo xtask bench (forward|attention-kl|ops) [--json] [--iters N]\n(got {:?})",
+            "usage: cargo xtask fixtures | cargo xtask bench (forward|attention-kl|ops) [--json] [--iters N] | cargo xtask kernels [--check] [--no-emulate] [--tsan] | cargo xtask gpu-check [--dev]\n(got {:?})",
             args
         ),
     }

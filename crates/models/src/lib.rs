@@ -25,5 +25,7 @@ pub use error::{ModelError, Result};
 pub use hub::{load_model, save_model, LoadOptions};
 pub use layers::Kernels;
 pub use output::{BertOutput, LayerAttention};
-pub use student::{random_student, student_from_teacher, student_from_teacher_spec, StudentSpec};
+pub use student::{
+    random_student, student_from_teacher, student_from_teacher_spec, with_new_head, StudentSpec,
+};
 pub use tokenizer::{BatchTensors, EncodedBatch, TextInput, TextTokenizer};

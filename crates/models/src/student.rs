@@ -131,3 +131,30 @@ pub fn student_from_teacher_spec(
     }
     student_from_teacher(teacher, layers, seed)
 }
+
+/// The same weights with a new classification head for `labels` (and a pooler if the model had
+/// none), both drawn from `seed`; trainable. Turns a sentence encoder into a classifier.
+pub fn with_new_head(model: &BertModel, labels: &[String], seed: u64) -> Result<BertModel> {
+    if labels.is_empty() {
+        return Err(ModelError::Student(
+            "a classification head needs at least one label".into(),
+        ));
+    }
+    let config = BertConfig {
+        labels: labels.to_vec(),
+        ..model.config.clone()
+    };
+    let map: HashMap<String, Tensor> = model
+        .named_tensors()
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("classifier."))
+        .collect();
+    let pb = ParamBuilder::new(
+        Stored::Map(map),
+        Some(seed),
+        true,
+        model.dtype(),
+        model.device(),
+    );
+    BertModel::build(config, pb, true)
+}

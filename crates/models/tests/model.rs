@@ -385,3 +385,27 @@ fn config_from_file_rejects_bad_heads_with_the_field_name() {
         "{e}"
     );
 }
+
+#[test]
+fn a_new_head_keeps_the_encoder_and_adds_seeded_logits() {
+    let encoder = common::tiny_model(&[], 30, DType::F32);
+    let labels = vec!["neg".to_string(), "pos".to_string(), "mixed".to_string()];
+    let a = distillery_models::with_new_head(&encoder, &labels, 5).unwrap();
+    let b = distillery_models::with_new_head(&encoder, &labels, 5).unwrap();
+    assert_eq!(a.config.labels, labels);
+    let (oa, oe) = (
+        forward(&a, &ForwardOptions::default()),
+        forward(&encoder, &ForwardOptions::default()),
+    );
+    assert_eq!(
+        common::max_abs_diff(oa.last_hidden_state(), oe.last_hidden_state()),
+        0.0
+    );
+    assert_eq!(oa.logits.as_ref().unwrap().dims(), [2, 3]);
+    let ob = forward(&b, &ForwardOptions::default());
+    assert_eq!(
+        common::max_abs_diff(oa.logits.as_ref().unwrap(), ob.logits.as_ref().unwrap()),
+        0.0
+    );
+    assert!(distillery_models::with_new_head(&encoder, &[], 5).is_err());
+}
