@@ -1,0 +1,122 @@
+//! The presets expand to exactly the rows of DESIGN.md's table, at equal total cost.
+#![allow(clippy::unwrap_used)]
+
+use distillery_losses::*;
+use distillery_stages::*;
+use proptest::prelude::*;
+
+fn settings(total: usize, split: Option<Vec<f64>>) -> PresetSettings {
+    PresetSettings {
+        hidden: LossTerm::Hidden {
+            loss: HiddenLoss {
+                kind: HiddenKind::Mse,
+                include_embeddings: true,
+            },
+            map: LayerMap::Uniform,
+            weight: 1.0,
+        },
+        attention: LossTerm::Attention {
+            loss: AttentionLoss {
+                kind: AttentionKind::Kl,
+            },
+            map: LayerMap::Uniform,
+            weight: 1.0,
+        },
+        logit: LossTerm::Logit {
+            loss: LogitLoss {
+                kind: LogitKind::Kl,
+                temperature: 2.0,
+            },
+            weight: 1.0,
+        },
+        total_steps: total,
+        split,
+        optimizer: AdamW::default(),
+        lr: LrSchedule {
+            peak: 5e-4,
+            warmup_steps: 10,
+            decay: Decay::Linear,
+            min_ratio: 0.0,
+        },
+        params: ParamGroups::default(),
+        eval_every: 0,
+        checkpoint_every: 0,
+    }
+}
+
+fn kinds(s: &Schedule) -> Vec<Vec<&'static str>> {
+    s.stages
+        .iter()
+        .map(|st| st.losses.iter().map(LossTerm::kind_name).collect())
+        .collect()
+}
+
+#[test]
+fn presets_match_the_design_table() {
+    let s = settings(300, None);
+    assert_eq!(
+        kinds(&expand(Preset::OneStage, &s).unwrap()),
+        [vec!["hidden", "attention", "logit"]]
+    );
+    assert_eq!(
+        kinds(&expand(Preset::TwoStage, &s).unwrap()),
+        [vec!["hidden", "attention"], vec!["logit"]]
+    );
+    assert_eq!(
+        kinds(&expand(Preset::ThreeStage, &s).unwrap()),
+        [
+            vec!["hidden", "attention"],
+            vec!["hidden", "attention", "logit"],
+            vec!["logit"]
+        ]
+    );
+    for p in Preset::ALL {
+        assert_eq!(expand(p, &s).unwrap().total_steps(), 300, "{}", p.name());
+        assert_eq!(Preset::parse(p.name()), Some(p));
+    }
+    let custom = expand(Preset::TwoStage, &settings(101, Some(vec![0.7, 0.3]))).unwrap();
+    assert_eq!(
+        custom.stages.iter().map(|s| s.steps).collect::<Vec<_>>(),
+        [71, 30]
+    );
+}
+
+#[test]
+fn bad_settings_are_errors_that_name_the_field() {
+    let e = expand(Preset::ThreeStage, &settings(100, Some(vec![0.5, 0.5])))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("split") && e.contains("3 stages"), "{e}");
+    let e = expand(Preset::ThreeStage, &settings(2, None))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("0 of the 2 steps"), "{e}");
+    let mut s = settings(100, None);
+    s.lr.peak = 0.0;
+    let e = expand(Preset::OneStage, &s).unwrap_err().to_string();
+    assert!(e.contains("`lr`") && e.contains("positive"), "{e}");
+    let mut s = settings(100, None);
+    s.logit = LossTerm::Logit {
+        loss: LogitLoss {
+            kind: LogitKind::Kl,
+            temperature: 1.0,
+        },
+        weight: -1.0,
+    };
+    let e = expand(Preset::OneStage, &s).unwrap_err().to_string();
+    assert!(e.contains("weight") && e.contains("logit"), "{e}");
+}
+
+proptest! {
+    #[test]
+    fn splits_always_sum_to_the_budget(total in 3usize..100_000, a in 1u32..100, b in 1u32..100, c in 1u32..100) {
+        let sum = f64::from(a + b + c);
+        let f = [f64::from(a) / sum, f64::from(b) / sum, f64::from(c) / sum];
+        if let Ok(parts) = split_steps(total, &f) {
+            prop_assert_eq!(parts.iter().sum::<usize>(), total);
+            for (p, x) in parts.iter().zip(f) {
+                prop_assert!((*p as f64 - x * total as f64).abs() < 1.0 + 1e-9);
+            }
+        }
+    }
+}
