@@ -1,7 +1,7 @@
 //! The fused row-wise ops (GELU, softmax, layer norm) against their composite references:
 //! values and gradients, on shapes whose width is and is not a multiple of the vector width,
 //! plus a finite-difference check of each backward. A second binary runs the portable path.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::type_complexity)]
 
 mod common;
 

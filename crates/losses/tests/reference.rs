@@ -1,6 +1,6 @@
 //! Cross-check against PyTorch: loss values and gradient norms for formula-generated inputs
 //! (tests/data/losses_reference.json, made by scripts/reference/losses_reference.py).
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::type_complexity)]
 
 use candle_core::{DType, Device, Tensor, Var};
 use distillery_losses::*;

@@ -10,7 +10,7 @@ use crate::output::{BertOutput, LayerAttention};
 use crate::params::{Init, ParamBuilder};
 
 /// Options of one forward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ForwardOptions {
     /// Apply dropout (with the config's probabilities).
     pub train: bool,
@@ -18,16 +18,6 @@ pub struct ForwardOptions {
     pub seed: u64,
     /// Also return pre-softmax scores and probabilities ([batch, heads, seq, seq] per layer).
     pub attention_maps: bool,
-}
-
-impl Default for ForwardOptions {
-    fn default() -> Self {
-        Self {
-            train: false,
-            seed: 0,
-            attention_maps: false,
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

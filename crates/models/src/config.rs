@@ -185,7 +185,7 @@ impl BertConfig {
                 });
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(ModelError::Config {
                 field: "num_attention_heads",
                 message: format!(
@@ -208,7 +208,7 @@ impl BertConfig {
                 });
             }
         }
-        if !(self.layer_norm_eps > 0.0) {
+        if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
             return Err(ModelError::Config {
                 field: "layer_norm_eps",
                 message: format!("must be positive, got {}", self.layer_norm_eps),

@@ -51,6 +51,7 @@ fn fwd_kernel<S: Simd>(s: S, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], eps
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 /// dx for the rows of `x`, and this chunk's partial `dw`, `db` added into `dw`, `db`.
 #[inline(always)]
 fn bwd_kernel<S: Simd>(

@@ -78,9 +78,11 @@ fn hmax<S: Simd>(s: S, v: S::V) -> f32 {
 /// `#[target_feature]` function, so the `#[inline(always)]` kernel and its intrinsics inline there.
 macro_rules! simd_entry {
     ($name:ident => $kernel:ident ( $($a:ident : $t:ty),* )) => {
+        #[allow(clippy::too_many_arguments)]
         fn $name(isa: $crate::simd::Isa, $($a: $t),*) {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
             unsafe fn avx2(s: $crate::simd::Avx2, $($a: $t),*) {
                 $kernel(s, $($a),*)
             }
