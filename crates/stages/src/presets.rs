@@ -62,7 +62,10 @@ pub struct PresetSettings {
 /// `total` split by `fractions` with largest-remainder rounding: the parts sum to `total`.
 pub fn split_steps(total: usize, fractions: &[f64]) -> Result<Vec<usize>> {
     let sum: f64 = fractions.iter().sum();
-    if fractions.is_empty() || fractions.iter().any(|f| f.is_nan() || *f <= 0.0) || (sum - 1.0).abs() > 1e-6 {
+    if fractions.is_empty()
+        || fractions.iter().any(|f| f.is_nan() || *f <= 0.0)
+        || (sum - 1.0).abs() > 1e-6
+    {
         return Err(StageError::Config(format!(
             "`split` must be positive fractions summing to 1, got {fractions:?}"
         )));
