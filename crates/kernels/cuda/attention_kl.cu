@@ -33,6 +33,16 @@
 // The split (as in FlashAttention-2) needs no atomics and is deterministic; nothing of size
 // l^2 exists anywhere (per block: O((BM + BN) d) shared memory).
 //
+// Two ways to compute the score tiles, selected per kernel by the shared-memory element type E:
+// - E = float (akl_*_<tt>_<ts>, every dtype): tiles converted to f32 in shared memory, each
+//   thread computes its 4x4 scores with FMAs on the CUDA cores;
+// - E = bf16/f16 (akl_*_tc_<t>, teacher and student of that dtype): tiles kept in their dtype,
+//   each warp computes 16x32 of the 64x64 score tiles with tensor cores (wmma 16x16x16, f32
+//   accumulation; the products of 16-bit inputs are exact in f32), stores them to shared
+//   memory, and each thread reads back its 4x4 scores.
+// Everything after the scores (online softmax, dS, the dQ/dK accumulation) is the same f32
+// code for both.
+//
 // Host emulation: with AKL_EMULATE defined this file compiles as plain C++ against
 // cuda/emu/emu.h (one OS thread per CUDA thread, barriers for __syncthreads), which is how the
 // kernels are checked on machines without a GPU (`cargo xtask kernels`).
@@ -42,18 +52,29 @@
 #else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <mma.h>
 #include <stdint.h>
 #define AKL_DYN_SMEM(name)                                                                     \
-    extern __shared__ __align__(16) unsigned char akl_smem_raw[];                              \
-    float* name = reinterpret_cast<float*>(akl_smem_raw)
+    extern __shared__ __align__(128) unsigned char akl_smem_raw[];                             \
+    unsigned char* name = akl_smem_raw
+__device__ __forceinline__ unsigned akl_dynamic_smem_size() {
+    unsigned r;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
+    return r;
+}
 #endif
 
 namespace akl {
 
+namespace wmma = nvcuda::wmma;
+
 constexpr int BM = 64;        // query rows per block
 constexpr int BN = 64;        // keys per tile
 constexpr int NTHREADS = 256; // threads per block: 16 x 16
-constexpr int PAD = 4;        // floats of padding per shared-memory row
+constexpr int PAD = 4;        // floats of padding per f32 shared-memory row
+constexpr int HPAD = 8;       // elements of padding per 16-bit shared-memory row
+constexpr int SST = 80;       // row stride (floats) of the tensor-core score tiles
+constexpr int DST = 64 + PAD; // row stride (floats) of the dS tiles
 constexpr float NEG_INF = -__builtin_huge_valf();
 
 static_assert(BM == 64 && BN == 64 && NTHREADS == 256, "the thread mappings assume 64/64/256");
@@ -71,11 +92,28 @@ template <> __device__ __forceinline__ __half from_f32<__half>(float x) {
     return __float2half_rn(x);
 }
 
+// x converted to the shared-memory element type E (f32, or the input's own 16-bit type).
+template <typename E, typename T> __device__ __forceinline__ E to_smem(T x) {
+    if constexpr (sizeof(E) == sizeof(T)) {
+        return x;
+    } else {
+        return to_f32(x);
+    }
+}
+
 __host__ __device__ constexpr int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
-// Shared-memory row stride (floats) of a tile of width `d`: a multiple of 32 plus PAD, so
-// that float4 reads of 8 consecutive rows by 8 threads hit 8 distinct 16-byte bank groups.
-__host__ __device__ constexpr int smem_stride(int d) { return round_up(d > 0 ? d : 1, 32) + PAD; }
+// Row stride (elements) of a shared-memory tile of width d, and how many of its columns are
+// filled (the rest is padding, never read):
+// - f32 tiles: a multiple of 32 plus PAD, so that float4 reads of 8 consecutive rows by 8
+//   threads hit 8 distinct 16-byte bank groups;
+// - 16-bit tiles: a multiple of 16 (the wmma k step) plus HPAD.
+template <typename E> __host__ __device__ constexpr int tile_width(int d) {
+    return sizeof(E) == 4 ? round_up(d > 0 ? d : 1, 32) : round_up(d > 0 ? d : 1, 16);
+}
+template <typename E> __host__ __device__ constexpr int tile_ld(int width) {
+    return width + (sizeof(E) == 4 ? PAD : HPAD);
+}
 
 __device__ __forceinline__ float4 ld4(const float* p) {
 #ifdef AKL_EMULATE
@@ -83,79 +121,116 @@ __device__ __forceinline__ float4 ld4(const float* p) {
 #endif
     return *reinterpret_cast<const float4*>(p);
 }
-__device__ __forceinline__ float2 ld2(const float* p) {
-#ifdef AKL_EMULATE
-    emu::check_align(p, 8);
-#endif
-    return *reinterpret_cast<const float2*>(p);
-}
 __device__ __forceinline__ void st4(float* p, float4 v) {
 #ifdef AKL_EMULATE
     emu::check_align(p, 16);
 #endif
     *reinterpret_cast<float4*>(p) = v;
 }
-
-// Converts 16 bytes of `T` (4 f32 or 8 bf16/f16) at `src` to f32 and stores them at `dst`.
-__device__ __forceinline__ void cvt16(const float* src, float* dst) { st4(dst, ld4(src)); }
-template <typename H> __device__ __forceinline__ void cvt16(const H* src, float* dst) {
+// Loads, aligned, N bytes (4, 8 or 16) from p as raw bits.
+template <int N> __device__ __forceinline__ void ld_raw(const void* p, void* out) {
 #ifdef AKL_EMULATE
-    emu::check_align(src, 16);
+    emu::check_align(p, N);
 #endif
-    const uint4 raw = *reinterpret_cast<const uint4*>(src);
-    const H* h = reinterpret_cast<const H*>(&raw);
-    st4(dst, make_float4(to_f32(h[0]), to_f32(h[1]), to_f32(h[2]), to_f32(h[3])));
-    st4(dst + 4, make_float4(to_f32(h[4]), to_f32(h[5]), to_f32(h[6]), to_f32(h[7])));
+    if constexpr (N == 4) {
+        *reinterpret_cast<unsigned*>(out) = *reinterpret_cast<const unsigned*>(p);
+    } else if constexpr (N == 8) {
+        *reinterpret_cast<uint2*>(out) = *reinterpret_cast<const uint2*>(p);
+    } else {
+        *reinterpret_cast<uint4*>(out) = *reinterpret_cast<const uint4*>(p);
+    }
+}
+// Loads N consecutive elements of a shared-memory tile (f32 or 16-bit) as f32.
+template <int N, typename E> __device__ __forceinline__ void ld_f32(const E* p, float* out) {
+    if constexpr (sizeof(E) == 4) {
+        if constexpr (N == 2) {
+            float2 t;
+            ld_raw<8>(p, &t);
+            out[0] = t.x;
+            out[1] = t.y;
+        } else {
+#pragma unroll
+            for (int e = 0; e < N; e += 4) {
+                const float4 t = ld4(p + e);
+                out[e] = t.x;
+                out[e + 1] = t.y;
+                out[e + 2] = t.z;
+                out[e + 3] = t.w;
+            }
+        }
+    } else {
+        constexpr int BYTES = N * 2 < 16 ? N * 2 : 16;
+#pragma unroll
+        for (int e = 0; e < N; e += BYTES / 2) {
+            alignas(16) E h[BYTES / 2];
+            ld_raw<BYTES>(p + e, h);
+#pragma unroll
+            for (int k = 0; k < BYTES / 2; ++k) out[e + k] = to_f32(h[k]);
+        }
+    }
 }
 
 // Loads rows `row0 .. row0 + 64` of the row-major [.., d] matrix `src` into the shared tile
-// `dst` ([64][stride] f32): rows at or past `nrows` (= the rows left in the (b, h)) and columns
-// `d .. stride - PAD` are zero. Called by all threads; no synchronisation inside.
-template <typename T>
-__device__ __forceinline__ void load_tile(float* dst, int stride, const T* src, int row0, int nrows,
-                                          int d) {
-    constexpr int V = 16 / sizeof(T); // elements per 16-byte vector
-    const int width = stride - PAD;   // columns to fill, a multiple of 32 (hence of V)
+// `dst` ([64][ld] of E, the first `width` columns): rows at or past `nrows` (= the rows left
+// in the (b, h)) and columns `d .. width` are zero. Called by all threads; no synchronisation.
+template <typename E, typename T>
+__device__ __forceinline__ void load_tile(E* dst, int ld, int width, const T* src, int row0,
+                                          int nrows, int d) {
+    constexpr int V = 16 / sizeof(T); // input elements per 16-byte vector
     const int tid = threadIdx.x;
-    const bool vec = d % V == 0 && (reinterpret_cast<uintptr_t>(src) % 16) == 0;
+    const bool vec = d % V == 0 && width % V == 0 && (reinterpret_cast<uintptr_t>(src) % 16) == 0;
     if (vec) {
         const int nv = width / V; // vectors per tile row
         for (int idx = tid; idx < 64 * nv; idx += NTHREADS) {
             const int r = idx / nv;
             const int c = (idx - r * nv) * V;
-            float* out = dst + r * stride + c;
+            E* out = dst + r * ld + c;
+            alignas(16) T v[V];
             if (r < nrows && c < d) {
-                cvt16(src + (size_t)(row0 + r) * d + c, out);
+                ld_raw<16>(src + (size_t)(row0 + r) * d + c, v);
             } else {
-                for (int e = 0; e < V; e += 4) st4(out + e, make_float4(0.f, 0.f, 0.f, 0.f));
+#pragma unroll
+                for (int e = 0; e < V; ++e) v[e] = from_f32<T>(0.f);
+            }
+            if constexpr (sizeof(E) == sizeof(T)) {
+#ifdef AKL_EMULATE
+                emu::check_align(out, 16);
+#endif
+                *reinterpret_cast<uint4*>(out) = *reinterpret_cast<const uint4*>(v);
+            } else {
+#pragma unroll
+                for (int e = 0; e < V; e += 4)
+                    st4(reinterpret_cast<float*>(out) + e,
+                        make_float4(to_f32(v[e]), to_f32(v[e + 1]), to_f32(v[e + 2]),
+                                    to_f32(v[e + 3])));
             }
         }
     } else {
         for (int idx = tid; idx < 64 * width; idx += NTHREADS) {
             const int r = idx / width;
             const int c = idx - r * width;
-            dst[r * stride + c] =
-                (r < nrows && c < d) ? to_f32(src[(size_t)(row0 + r) * d + c]) : 0.f;
+            dst[r * ld + c] = (r < nrows && c < d) ? to_smem<E>(src[(size_t)(row0 + r) * d + c])
+                                                   : to_smem<E>(from_f32<T>(0.f));
         }
     }
 }
 
 // acc[i][j] = Q[ty + 16 i] . K[tx + 16 j] over the first `dp` (a multiple of 4) columns of the
-// shared tiles Q, K ([64][stride] f32).
+// f32 shared tiles Q, K ([64][ld]), on the CUDA cores.
 __device__ __forceinline__ void dot_tile(float (&acc)[4][4], const float* Q, const float* K,
-                                         int stride, int dp, int ty, int tx) {
+                                         int ld, int dp, int ty, int tx) {
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
-    const float* q = Q + ty * stride;
-    const float* k = K + tx * stride;
+    const float* q = Q + ty * ld;
+    const float* k = K + tx * ld;
     for (int c = 0; c < dp; c += 4) {
         float4 qv[4], kv[4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) qv[i] = ld4(q + i * 16 * stride + c);
+        for (int i = 0; i < 4; ++i) qv[i] = ld4(q + i * 16 * ld + c);
 #pragma unroll
-        for (int j = 0; j < 4; ++j) kv[j] = ld4(k + j * 16 * stride + c);
+        for (int j = 0; j < 4; ++j) kv[j] = ld4(k + j * 16 * ld + c);
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -166,6 +241,52 @@ __device__ __forceinline__ void dot_tile(float (&acc)[4][4], const float* Q, con
                 s = fmaf(qv[i].z, kv[j].z, s);
                 s = fmaf(qv[i].w, kv[j].w, s);
                 acc[i][j] = s;
+            }
+    }
+}
+
+// S = Q K^T for the 16-bit shared tiles Q, K ([64][ld], `dp` a multiple of 16 columns) into
+// the f32 shared tile S ([64][SST]), on the tensor cores: warp w computes rows
+// 16 (w / 2) .. + 16, columns 32 (w % 2) .. + 32.
+template <typename H>
+__device__ __forceinline__ void mma_tile(float* S, const H* Q, const H* K, int ld, int dp) {
+    const int warp = threadIdx.x / 32;
+    const int r0 = (warp / 2) * 16, c0 = (warp % 2) * 32;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc0, acc1;
+    wmma::fill_fragment(acc0, 0.f);
+    wmma::fill_fragment(acc1, 0.f);
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, H, wmma::row_major> a;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, H, wmma::col_major> b0, b1;
+    for (int k = 0; k < dp; k += 16) {
+        wmma::load_matrix_sync(a, Q + r0 * ld + k, ld);
+        wmma::load_matrix_sync(b0, K + c0 * ld + k, ld);
+        wmma::load_matrix_sync(b1, K + (c0 + 16) * ld + k, ld);
+        wmma::mma_sync(acc0, a, b0, acc0);
+        wmma::mma_sync(acc1, a, b1, acc1);
+    }
+    wmma::store_matrix_sync(S + r0 * SST + c0, acc0, SST, wmma::mem_row_major);
+    wmma::store_matrix_sync(S + r0 * SST + c0 + 16, acc1, SST, wmma::mem_row_major);
+}
+
+// This thread's scores (rows ty + 16 i, keys tx + 16 j, unscaled) of the current tiles.
+// Tensor-core path: contains a __syncthreads (call from all threads).
+template <typename E>
+__device__ __forceinline__ void scores(float (&sa)[4][4], float (&sb)[4][4], const E* Qt,
+                                       const E* Kt, int lt, int dt, const E* Qs, const E* Ks,
+                                       int ls, int ds, float* Sa, float* Sb, int ty, int tx) {
+    if constexpr (sizeof(E) == 4) {
+        dot_tile(sa, Qt, Kt, lt, round_up(dt, 4), ty, tx);
+        dot_tile(sb, Qs, Ks, ls, round_up(ds, 4), ty, tx);
+    } else {
+        mma_tile(Sa, Qt, Kt, lt, round_up(dt, 16));
+        mma_tile(Sb, Qs, Ks, ls, round_up(ds, 16));
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                sa[i][j] = Sa[(ty + 16 * i) * SST + tx + 16 * j];
+                sb[i][j] = Sb[(ty + 16 * i) * SST + tx + 16 * j];
             }
     }
 }
@@ -187,22 +308,49 @@ __device__ __forceinline__ float2 merge(float& m, float& z, float om, float oz) 
     return make_float2(s1, s2);
 }
 
+// Bump allocator over the dynamic shared memory (every piece 128-byte aligned, as wmma needs 32).
+struct Carve {
+    unsigned char* p;
+    template <typename X> __device__ __forceinline__ X* take(int n) {
+        X* r = reinterpret_cast<X*>(p);
+        p += round_up(n * (int)sizeof(X), 128);
+        return r;
+    }
+};
+__host__ __device__ constexpr size_t carve_bytes(int n, int size) {
+    return (size_t)round_up(n * size, 128);
+}
+
+// Stops the kernel if the launch gave it less dynamic shared memory than it carves: a
+// host/device mismatch of the size formulas must fail loudly, never corrupt memory.
+__device__ __forceinline__ void check_smem(size_t needed) {
+#ifdef AKL_EMULATE
+    if (emu::dynamic_smem_size() < needed) emu::trap("dynamic shared memory too small");
+#else
+    if (akl_dynamic_smem_size() < needed) __trap();
+#endif
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------------------------
 
-// Shared memory: Qt [BM][st], Qs [BM][ss], Kt [BN][st], Ks [BN][ss], key flags [BN] (as int).
-__host__ __device__ constexpr size_t fwd_smem_bytes(int dt, int ds) {
-    return sizeof(float) * (size_t)((BM + BN) * (smem_stride(dt) + smem_stride(ds)) + BN);
+// Shared memory: Qt, Kt [64][lt] E; Qs, Ks [64][ls] E; tensor cores: Sa, Sb [64][SST] f32;
+// key flags [64] int.
+template <typename E> __host__ __device__ constexpr size_t fwd_smem_bytes(int dt, int ds) {
+    return 2 * carve_bytes(64 * tile_ld<E>(tile_width<E>(dt)), sizeof(E)) +
+           2 * carve_bytes(64 * tile_ld<E>(tile_width<E>(ds)), sizeof(E)) +
+           (sizeof(E) == 4 ? 0 : 2 * carve_bytes(64 * SST, 4)) + carve_bytes(64, 4);
 }
 
-template <typename TT, typename TS>
+template <typename TT, typename TS, typename E>
 __device__ __forceinline__ void fwd(const TT* __restrict__ qt, const TT* __restrict__ kt,
                                     const TS* __restrict__ qs, const TS* __restrict__ ks,
                                     const uint8_t* __restrict__ mask, float* __restrict__ kl,
                                     float* __restrict__ stats, int H, int L, int dt, int ds,
                                     float scale_t, float scale_s) {
     AKL_DYN_SMEM(smem);
+    check_smem(fwd_smem_bytes<E>(dt, ds));
     const int nrb = (L + BM - 1) / BM;
     const int bh = blockIdx.x / nrb;
     const int row0 = (blockIdx.x - bh * nrb) * BM;
@@ -210,12 +358,16 @@ __device__ __forceinline__ void fwd(const TT* __restrict__ qt, const TT* __restr
     const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
     const uint8_t* mk = mask + (size_t)b * L;
     const size_t base = (size_t)bh * L; // first row of this (b, h)
-    const int st = smem_stride(dt), ss = smem_stride(ds);
-    float* Qt = smem;
-    float* Qs = Qt + BM * st;
-    float* Kt = Qs + BM * ss;
-    float* Ks = Kt + BN * st;
-    int* kflag = reinterpret_cast<int*>(Ks + BN * ss);
+    const int wt = tile_width<E>(dt), ws = tile_width<E>(ds);
+    const int lt = tile_ld<E>(wt), ls = tile_ld<E>(ws);
+    Carve c{smem};
+    E* Qt = c.take<E>(BM * lt);
+    E* Kt = c.take<E>(BN * lt);
+    E* Qs = c.take<E>(BM * ls);
+    E* Ks = c.take<E>(BN * ls);
+    float* Sa = sizeof(E) == 4 ? nullptr : c.take<float>(64 * SST);
+    float* Sb = sizeof(E) == 4 ? nullptr : c.take<float>(64 * SST);
+    int* kflag = c.take<int>(BN);
 
     const int rvalid = tid < BM && row0 + tid < L && mk[row0 + tid] != 0;
     if (!__syncthreads_or(rvalid)) {
@@ -226,9 +378,8 @@ __device__ __forceinline__ void fwd(const TT* __restrict__ qt, const TT* __restr
         }
         return;
     }
-    load_tile(Qt, st, qt + base * dt, row0, L - row0, dt);
-    load_tile(Qs, ss, qs + base * ds, row0, L - row0, ds);
-    const int dtp = round_up(dt, 4), dsp = round_up(ds, 4);
+    load_tile(Qt, lt, wt, qt + base * dt, row0, L - row0, dt);
+    load_tile(Qs, ls, ws, qs + base * ds, row0, L - row0, ds);
 
     // Online state of rows ty + 16 i over this thread's keys.
     float m_a[4], z_a[4], w_a[4], m_b[4], z_b[4];
@@ -249,15 +400,14 @@ __device__ __forceinline__ void fwd(const TT* __restrict__ qt, const TT* __restr
             kflag[tid] = f;
         }
         if (!__syncthreads_or(f)) continue; // no valid key in this tile
-        load_tile(Kt, st, kt + base * dt, k0, L - k0, dt);
-        load_tile(Ks, ss, ks + base * ds, k0, L - k0, ds);
+        load_tile(Kt, lt, wt, kt + base * dt, k0, L - k0, dt);
+        load_tile(Ks, ls, ws, ks + base * ds, k0, L - k0, ds);
         __syncthreads();
         bool kv[4];
 #pragma unroll
         for (int j = 0; j < 4; ++j) kv[j] = kflag[tx + 16 * j] != 0;
         float sa[4][4], sb[4][4];
-        dot_tile(sa, Qt, Kt, st, dtp, ty, tx);
-        dot_tile(sb, Qs, Ks, ss, dsp, ty, tx);
+        scores(sa, sb, Qt, Kt, lt, dt, Qs, Ks, ls, ds, Sa, Sb, ty, tx);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             float ta = NEG_INF, tb = NEG_INF;
@@ -339,32 +489,18 @@ __device__ __forceinline__ float d_score(float a, float b, float g, float m_a, f
     return g * (pb - pa);
 }
 
-// out[i][e] += A[j][ty*4 + i] * B[j][tx*CPT + e] summed over j < 64, for the shared tiles A
-// ([64][64 + PAD]) and B ([64][bstride], at least 16*CPT columns).
-template <int CPT>
-__device__ __forceinline__ void accumulate(float (&out)[4][CPT], const float* A, const float* B,
-                                           int bstride, int ty, int tx) {
+// out[i][e] += A[j][ty*4 + i] * B[j][tx*CPT + e] summed over j < 64, for the f32 shared tile A
+// ([64][DST]) and the shared tile B ([64][ld] of E, at least 16*CPT columns).
+template <int CPT, typename E>
+__device__ __forceinline__ void accumulate(float (&out)[4][CPT], const float* A, const E* B,
+                                           int ld, int ty, int tx) {
     static_assert(CPT == 2 || CPT % 4 == 0, "CPT must be 2 or a multiple of 4");
 #pragma unroll 4
     for (int j = 0; j < 64; ++j) {
-        const float4 a = ld4(A + j * (64 + PAD) + ty * 4);
+        const float4 a = ld4(A + j * DST + ty * 4);
         const float av[4] = {a.x, a.y, a.z, a.w};
         float bv[CPT];
-        const float* brow = B + j * bstride + tx * CPT;
-        if constexpr (CPT == 2) {
-            const float2 t = ld2(brow);
-            bv[0] = t.x;
-            bv[1] = t.y;
-        } else {
-#pragma unroll
-            for (int e = 0; e < CPT; e += 4) {
-                const float4 t = ld4(brow + e);
-                bv[e] = t.x;
-                bv[e + 1] = t.y;
-                bv[e + 2] = t.z;
-                bv[e + 3] = t.w;
-            }
-        }
+        ld_f32<CPT>(B + j * ld + tx * CPT, bv);
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -390,15 +526,39 @@ __device__ __forceinline__ void store_rows(TS* out, size_t base, int r0, int L, 
     }
 }
 
-// Shared memory of both backward kernels: Qt/Kt [64][st] x 2, Qs/Ks [64][DS + PAD] x 2,
-// dS [64][64 + PAD], per-row or per-key flags [64] (int), per-row stats [64][4] and g [64].
-__host__ __device__ constexpr size_t bwd_smem_bytes(int dt, int DS) {
-    return sizeof(float) *
-           (size_t)(2 * 64 * smem_stride(dt) + 2 * 64 * (DS + PAD) + 64 * (64 + PAD) + 64 * 6);
+// Shared memory of both backward kernels: Qt, Kt [64][lt] E; Qs, Ks [64][DS + pad] E (DS
+// columns filled, for the accumulation); tensor cores: Sa, Sb [64][SST] f32; dS [64][DST] f32;
+// flags [64] int; per-row stats [64][4] and g [64] f32.
+template <typename E> __host__ __device__ constexpr size_t bwd_smem_bytes(int dt, int DS) {
+    return 2 * carve_bytes(64 * tile_ld<E>(tile_width<E>(dt)), sizeof(E)) +
+           2 * carve_bytes(64 * tile_ld<E>(DS), sizeof(E)) +
+           (sizeof(E) == 4 ? 0 : 2 * carve_bytes(64 * SST, 4)) + carve_bytes(64 * DST, 4) +
+           carve_bytes(64, 4) + carve_bytes(64 * 4, 4) + carve_bytes(64, 4);
 }
 
+// The shared-memory pieces of a backward kernel, in the order of bwd_smem_bytes.
+template <typename E> struct BwdSmem {
+    E *Qt, *Kt, *Qs, *Ks;
+    float *Sa, *Sb, *dS;
+    int* flag;
+    float *rstat, *rg;
+    __device__ __forceinline__ BwdSmem(unsigned char* smem, int lt, int ls) {
+        Carve c{smem};
+        Qt = c.take<E>(64 * lt);
+        Kt = c.take<E>(64 * lt);
+        Qs = c.take<E>(64 * ls);
+        Ks = c.take<E>(64 * ls);
+        Sa = sizeof(E) == 4 ? nullptr : c.take<float>(64 * SST);
+        Sb = sizeof(E) == 4 ? nullptr : c.take<float>(64 * SST);
+        dS = c.take<float>(64 * DST);
+        flag = c.take<int>(64);
+        rstat = c.take<float>(64 * 4);
+        rg = c.take<float>(64);
+    }
+};
+
 // dQ_s for the BM query rows of this block; DS = the smallest of 32, 64, 128 that is >= d_s.
-template <typename TT, typename TS, int DS>
+template <typename TT, typename TS, typename E, int DS>
 __device__ __forceinline__ void bwd_dq(const TT* __restrict__ qt, const TT* __restrict__ kt,
                                        const TS* __restrict__ qs, const TS* __restrict__ ks,
                                        const uint8_t* __restrict__ mask,
@@ -407,6 +567,7 @@ __device__ __forceinline__ void bwd_dq(const TT* __restrict__ qt, const TT* __re
                                        int L, int dt, int ds, float scale_t, float scale_s) {
     constexpr int CPT = DS / 16; // output columns per thread
     AKL_DYN_SMEM(smem);
+    check_smem(bwd_smem_bytes<E>(dt, DS));
     const int nrb = (L + BM - 1) / BM;
     const int bh = blockIdx.x / nrb;
     const int row0 = (blockIdx.x - bh * nrb) * BM;
@@ -414,15 +575,10 @@ __device__ __forceinline__ void bwd_dq(const TT* __restrict__ qt, const TT* __re
     const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
     const uint8_t* mk = mask + (size_t)b * L;
     const size_t base = (size_t)bh * L;
-    const int st = smem_stride(dt), ss = DS + PAD;
-    float* Qt = smem;
-    float* Qs = Qt + BM * st;
-    float* Kt = Qs + BM * ss;
-    float* Ks = Kt + BN * st;
-    float* dSt = Ks + BN * ss; // [key][row]
-    int* kflag = reinterpret_cast<int*>(dSt + BN * (BM + PAD));
-    float* rstat = reinterpret_cast<float*>(kflag + BN); // [row][4]
-    float* rg = rstat + BM * 4;
+    const int wt = tile_width<E>(dt), lt = tile_ld<E>(wt), ls = tile_ld<E>(DS);
+    const BwdSmem<E> sm(smem, lt, ls);
+    float* dSt = sm.dS; // [key][row]
+    int* kflag = sm.flag;
 
     float acc[4][CPT]; // rows ty*4 + i, columns tx*CPT + e
 #pragma unroll
@@ -430,21 +586,20 @@ __device__ __forceinline__ void bwd_dq(const TT* __restrict__ qt, const TT* __re
 #pragma unroll
         for (int e = 0; e < CPT; ++e) acc[i][e] = 0.f;
 
-    // Per row of the block: g and the statistics (0 for padded rows; g = 0 marks them).
+    // Per row of the block: g and the statistics (0 for padded rows).
     const int rvalid = tid < BM && row0 + tid < L && mk[row0 + tid] != 0;
     if (tid < BM) {
         const size_t o = base + row0 + tid;
-        rg[tid] = rvalid ? grad[o] : 0.f;
+        sm.rg[tid] = rvalid ? grad[o] : 0.f;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) rstat[tid * 4 + e] = rvalid ? stats[o * 4 + e] : 0.f;
+        for (int e = 0; e < 4; ++e) sm.rstat[tid * 4 + e] = rvalid ? stats[o * 4 + e] : 0.f;
     }
     if (!__syncthreads_or(rvalid)) {
         store_rows<TS, CPT>(dq, base, row0, L, ds, acc, scale_s, ty, tx);
         return;
     }
-    load_tile(Qt, st, qt + base * dt, row0, L - row0, dt);
-    load_tile(Qs, ss, qs + base * ds, row0, L - row0, ds);
-    const int dtp = round_up(dt, 4), dsp = round_up(ds, 4);
+    load_tile(sm.Qt, lt, wt, qt + base * dt, row0, L - row0, dt);
+    load_tile(sm.Qs, ls, DS, qs + base * ds, row0, L - row0, ds);
     bool rv[4]; // rows ty + 16 i of the score tiles
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -460,17 +615,16 @@ __device__ __forceinline__ void bwd_dq(const TT* __restrict__ qt, const TT* __re
             kflag[tid] = f;
         }
         if (!__syncthreads_or(f)) continue;
-        load_tile(Kt, st, kt + base * dt, k0, L - k0, dt);
-        load_tile(Ks, ss, ks + base * ds, k0, L - k0, ds);
+        load_tile(sm.Kt, lt, wt, kt + base * dt, k0, L - k0, dt);
+        load_tile(sm.Ks, ls, DS, ks + base * ds, k0, L - k0, ds);
         __syncthreads();
         float sa[4][4], sb[4][4];
-        dot_tile(sa, Qt, Kt, st, dtp, ty, tx);
-        dot_tile(sb, Qs, Ks, ss, dsp, ty, tx);
+        scores(sa, sb, sm.Qt, sm.Kt, lt, dt, sm.Qs, sm.Ks, ls, ds, sm.Sa, sm.Sb, ty, tx);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int r = ty + 16 * i;
-            const float4 s = ld4(rstat + r * 4);
-            const float g = rg[r];
+            const float4 s = ld4(sm.rstat + r * 4);
+            const float g = sm.rg[r];
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const bool kv = kflag[tx + 16 * j] != 0;
@@ -478,17 +632,17 @@ __device__ __forceinline__ void bwd_dq(const TT* __restrict__ qt, const TT* __re
                     (rv[i] && kv)
                         ? d_score(sa[i][j] * scale_t, sb[i][j] * scale_s, g, s.x, s.y, s.z, s.w)
                         : 0.f;
-                dSt[(tx + 16 * j) * (BM + PAD) + r] = d;
+                dSt[(tx + 16 * j) * DST + r] = d;
             }
         }
         __syncthreads();
-        accumulate<CPT>(acc, dSt, Ks, ss, ty, tx); // dQ += dS K_s
+        accumulate<CPT>(acc, dSt, sm.Ks, ls, ty, tx); // dQ += dS K_s
     }
     store_rows<TS, CPT>(dq, base, row0, L, ds, acc, scale_s, ty, tx);
 }
 
 // dK_s for the BN keys of this block.
-template <typename TT, typename TS, int DS>
+template <typename TT, typename TS, typename E, int DS>
 __device__ __forceinline__ void bwd_dk(const TT* __restrict__ qt, const TT* __restrict__ kt,
                                        const TS* __restrict__ qs, const TS* __restrict__ ks,
                                        const uint8_t* __restrict__ mask,
@@ -497,6 +651,7 @@ __device__ __forceinline__ void bwd_dk(const TT* __restrict__ qt, const TT* __re
                                        int L, int dt, int ds, float scale_t, float scale_s) {
     constexpr int CPT = DS / 16;
     AKL_DYN_SMEM(smem);
+    check_smem(bwd_smem_bytes<E>(dt, DS));
     const int nkb = (L + BN - 1) / BN;
     const int bh = blockIdx.x / nkb;
     const int key0 = (blockIdx.x - bh * nkb) * BN;
@@ -504,15 +659,10 @@ __device__ __forceinline__ void bwd_dk(const TT* __restrict__ qt, const TT* __re
     const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
     const uint8_t* mk = mask + (size_t)b * L;
     const size_t base = (size_t)bh * L;
-    const int st = smem_stride(dt), ss = DS + PAD;
-    float* Kt = smem;
-    float* Ks = Kt + BN * st;
-    float* Qt = Ks + BN * ss;
-    float* Qs = Qt + BM * st;
-    float* dS = Qs + BM * ss; // [row][key]
-    int* rflag = reinterpret_cast<int*>(dS + BM * (BN + PAD));
-    float* rstat = reinterpret_cast<float*>(rflag + BM); // [row][4]
-    float* rg = rstat + BM * 4;
+    const int wt = tile_width<E>(dt), lt = tile_ld<E>(wt), ls = tile_ld<E>(DS);
+    const BwdSmem<E> sm(smem, lt, ls);
+    float* dS = sm.dS; // [row][key]
+    int* rflag = sm.flag;
 
     float acc[4][CPT]; // keys ty*4 + i, columns tx*CPT + e
 #pragma unroll
@@ -525,9 +675,8 @@ __device__ __forceinline__ void bwd_dk(const TT* __restrict__ qt, const TT* __re
         store_rows<TS, CPT>(dk, base, key0, L, ds, acc, scale_s, ty, tx);
         return;
     }
-    load_tile(Kt, st, kt + base * dt, key0, L - key0, dt);
-    load_tile(Ks, ss, ks + base * ds, key0, L - key0, ds);
-    const int dtp = round_up(dt, 4), dsp = round_up(ds, 4);
+    load_tile(sm.Kt, lt, wt, kt + base * dt, key0, L - key0, dt);
+    load_tile(sm.Ks, ls, DS, ks + base * ds, key0, L - key0, ds);
     bool kv[4]; // keys tx + 16 j of the score tiles
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -542,34 +691,34 @@ __device__ __forceinline__ void bwd_dk(const TT* __restrict__ qt, const TT* __re
             const int r = q0 + tid;
             f = r < L && mk[r] != 0;
             rflag[tid] = f;
-            rg[tid] = f ? grad[base + r] : 0.f;
+            sm.rg[tid] = f ? grad[base + r] : 0.f;
 #pragma unroll
-            for (int e = 0; e < 4; ++e) rstat[tid * 4 + e] = f ? stats[(base + r) * 4 + e] : 0.f;
+            for (int e = 0; e < 4; ++e)
+                sm.rstat[tid * 4 + e] = f ? stats[(base + r) * 4 + e] : 0.f;
         }
         if (!__syncthreads_or(f)) continue;
-        load_tile(Qt, st, qt + base * dt, q0, L - q0, dt);
-        load_tile(Qs, ss, qs + base * ds, q0, L - q0, ds);
+        load_tile(sm.Qt, lt, wt, qt + base * dt, q0, L - q0, dt);
+        load_tile(sm.Qs, ls, DS, qs + base * ds, q0, L - q0, ds);
         __syncthreads();
         float sa[4][4], sb[4][4]; // rows ty + 16 i, keys tx + 16 j
-        dot_tile(sa, Qt, Kt, st, dtp, ty, tx);
-        dot_tile(sb, Qs, Ks, ss, dsp, ty, tx);
+        scores(sa, sb, sm.Qt, sm.Kt, lt, dt, sm.Qs, sm.Ks, ls, ds, sm.Sa, sm.Sb, ty, tx);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int r = ty + 16 * i;
             const bool rv = rflag[r] != 0;
-            const float4 s = ld4(rstat + r * 4);
-            const float g = rg[r];
+            const float4 s = ld4(sm.rstat + r * 4);
+            const float g = sm.rg[r];
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const float d =
                     (rv && kv[j])
                         ? d_score(sa[i][j] * scale_t, sb[i][j] * scale_s, g, s.x, s.y, s.z, s.w)
                         : 0.f;
-                dS[r * (BN + PAD) + tx + 16 * j] = d;
+                dS[r * DST + tx + 16 * j] = d;
             }
         }
         __syncthreads();
-        accumulate<CPT>(acc, dS, Qs, ss, ty, tx); // dK += dS^T Q_s
+        accumulate<CPT>(acc, dS, sm.Qs, ls, ty, tx); // dK += dS^T Q_s
     }
     store_rows<TS, CPT>(dk, base, key0, L, ds, acc, scale_s, ty, tx);
 }
@@ -577,40 +726,44 @@ __device__ __forceinline__ void bwd_dk(const TT* __restrict__ qt, const TT* __re
 } // namespace akl
 
 // ---------------------------------------------------------------------------------------------
-// Entry points: akl_fwd_<tt>_<ts>, akl_bwd_dq_<tt>_<ts>_<DS>, akl_bwd_dk_<tt>_<ts>_<DS>.
+// Entry points. CUDA cores, every dtype: akl_fwd_<t>_<t>, akl_bwd_dq_<t>_<t>_<DS>,
+// akl_bwd_dk_<t>_<t>_<DS>; tensor cores, bf16 and f16: akl_fwd_tc_<t>, akl_bwd_dq_tc_<t>_<DS>,
+// akl_bwd_dk_tc_<t>_<DS>. DS is 32, 64 or 128 (the smallest >= d_s).
 // ---------------------------------------------------------------------------------------------
 
-#define AKL_BWD(TT, TS, NT, NS, DS)                                                             \
-    extern "C" __global__ void __launch_bounds__(akl::NTHREADS, 2)                                 \
-        akl_bwd_dq_##NT##_##NS##_##DS(const TT* qt, const TT* kt, const TS* qs, const TS* ks,   \
-                                      const uint8_t* mask, const float* stats,                  \
-                                      const float* grad, TS* dq, int H, int L, int dt, int ds,  \
-                                      float scale_t, float scale_s) {                           \
-        akl::bwd_dq<TT, TS, DS>(qt, kt, qs, ks, mask, stats, grad, dq, H, L, dt, ds, scale_t,   \
-                                scale_s);                                                       \
+#define AKL_BWD(TT, TS, E, NAME, DS)                                                            \
+    extern "C" __global__ void __launch_bounds__(akl::NTHREADS, 2)                              \
+        akl_bwd_dq_##NAME##_##DS(const TT* qt, const TT* kt, const TS* qs, const TS* ks,        \
+                                 const uint8_t* mask, const float* stats, const float* grad,    \
+                                 TS* dq, int H, int L, int dt, int ds, float scale_t,           \
+                                 float scale_s) {                                               \
+        akl::bwd_dq<TT, TS, E, DS>(qt, kt, qs, ks, mask, stats, grad, dq, H, L, dt, ds,         \
+                                   scale_t, scale_s);                                           \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(akl::NTHREADS, 2)                                 \
-        akl_bwd_dk_##NT##_##NS##_##DS(const TT* qt, const TT* kt, const TS* qs, const TS* ks,   \
-                                      const uint8_t* mask, const float* stats,                  \
-                                      const float* grad, TS* dk, int H, int L, int dt, int ds,  \
-                                      float scale_t, float scale_s) {                           \
-        akl::bwd_dk<TT, TS, DS>(qt, kt, qs, ks, mask, stats, grad, dk, H, L, dt, ds, scale_t,   \
-                                scale_s);                                                       \
+    extern "C" __global__ void __launch_bounds__(akl::NTHREADS, 2)                              \
+        akl_bwd_dk_##NAME##_##DS(const TT* qt, const TT* kt, const TS* qs, const TS* ks,        \
+                                 const uint8_t* mask, const float* stats, const float* grad,    \
+                                 TS* dk, int H, int L, int dt, int ds, float scale_t,           \
+                                 float scale_s) {                                               \
+        akl::bwd_dk<TT, TS, E, DS>(qt, kt, qs, ks, mask, stats, grad, dk, H, L, dt, ds,         \
+                                   scale_t, scale_s);                                           \
     }
 
-#define AKL_ALL(TT, TS, NT, NS)                                                                 \
-    extern "C" __global__ void __launch_bounds__(akl::NTHREADS, 2)                                 \
-        akl_fwd_##NT##_##NS(const TT* qt, const TT* kt, const TS* qs, const TS* ks,             \
-                            const uint8_t* mask, float* kl, float* stats, int H, int L, int dt, \
-                            int ds, float scale_t, float scale_s) {                             \
-        akl::fwd<TT, TS>(qt, kt, qs, ks, mask, kl, stats, H, L, dt, ds, scale_t, scale_s);      \
+#define AKL_ALL(TT, TS, E, NAME)                                                                \
+    extern "C" __global__ void __launch_bounds__(akl::NTHREADS, 2)                              \
+        akl_fwd_##NAME(const TT* qt, const TT* kt, const TS* qs, const TS* ks,                  \
+                       const uint8_t* mask, float* kl, float* stats, int H, int L, int dt,      \
+                       int ds, float scale_t, float scale_s) {                                  \
+        akl::fwd<TT, TS, E>(qt, kt, qs, ks, mask, kl, stats, H, L, dt, ds, scale_t, scale_s);   \
     }                                                                                           \
-    AKL_BWD(TT, TS, NT, NS, 32)                                                                 \
-    AKL_BWD(TT, TS, NT, NS, 64)                                                                 \
-    AKL_BWD(TT, TS, NT, NS, 128)
+    AKL_BWD(TT, TS, E, NAME, 32)                                                                \
+    AKL_BWD(TT, TS, E, NAME, 64)                                                                \
+    AKL_BWD(TT, TS, E, NAME, 128)
 
 // Teacher and student of one dtype; the host converts mixed inputs to f32 first (exact for
 // bf16/f16, and the kernels compute in f32 anyway).
-AKL_ALL(float, float, f32, f32)
-AKL_ALL(__nv_bfloat16, __nv_bfloat16, bf16, bf16)
-AKL_ALL(__half, __half, f16, f16)
+AKL_ALL(float, float, float, f32_f32)
+AKL_ALL(__nv_bfloat16, __nv_bfloat16, float, bf16_bf16)
+AKL_ALL(__half, __half, float, f16_f16)
+AKL_ALL(__nv_bfloat16, __nv_bfloat16, __nv_bfloat16, tc_bf16)
+AKL_ALL(__half, __half, __half, tc_f16)

@@ -116,71 +116,52 @@ void expect_close(const char* what, const std::string& tag, const std::vector<do
     }
 }
 
-template <typename T, int DS>
-void run_bwd(const Problem& p, const std::vector<T>& qt, const std::vector<T>& kt,
-             const std::vector<T>& qs, const std::vector<T>& ks, const std::vector<uint8_t>& mask,
-             const std::vector<float>& stats, const std::vector<float>& grad, std::vector<T>& dq,
-             std::vector<T>& dk, float st, float ss);
+// One set of kernels (CUDA-core or tensor-core) for one dtype.
+template <typename T> struct Kernels {
+    using Fwd = void (*)(const T*, const T*, const T*, const T*, const uint8_t*, float*, float*,
+                         int, int, int, int, float, float);
+    using Bwd = void (*)(const T*, const T*, const T*, const T*, const uint8_t*, const float*,
+                         const float*, T*, int, int, int, int, float, float);
+    const char* name;
+    Fwd fwd;
+    Bwd dq[3], dk[3]; // DS = 32, 64, 128
+    size_t (*fwd_smem)(int, int);
+    size_t (*bwd_smem)(int, int);
+};
 
-#define AKL_RUN_BWD(T, NAME)                                                                    \
-    template <>                                                                                 \
-    void run_bwd<T, 32>(const Problem& p, const std::vector<T>& qt, const std::vector<T>& kt,   \
-                        const std::vector<T>& qs, const std::vector<T>& ks,                     \
-                        const std::vector<uint8_t>& mask, const std::vector<float>& stats,      \
-                        const std::vector<float>& grad, std::vector<T>& dq, std::vector<T>& dk, \
-                        float st, float ss) {                                                   \
-        const unsigned n = unsigned(p.b * p.h * ((p.l + 63) / 64));                             \
-        const size_t sm = akl::bwd_smem_bytes(p.dt, 32);                                        \
-        emu::launch(akl_bwd_dq_##NAME##_##NAME##_32, n, 256, sm, qt.data(), kt.data(),          \
-                    qs.data(), ks.data(), mask.data(), stats.data(), grad.data(), dq.data(),    \
-                    p.h, p.l, p.dt, p.ds, st, ss);                                              \
-        emu::launch(akl_bwd_dk_##NAME##_##NAME##_32, n, 256, sm, qt.data(), kt.data(),          \
-                    qs.data(), ks.data(), mask.data(), stats.data(), grad.data(), dk.data(),    \
-                    p.h, p.l, p.dt, p.ds, st, ss);                                              \
-    }                                                                                           \
-    template <>                                                                                 \
-    void run_bwd<T, 64>(const Problem& p, const std::vector<T>& qt, const std::vector<T>& kt,   \
-                        const std::vector<T>& qs, const std::vector<T>& ks,                     \
-                        const std::vector<uint8_t>& mask, const std::vector<float>& stats,      \
-                        const std::vector<float>& grad, std::vector<T>& dq, std::vector<T>& dk, \
-                        float st, float ss) {                                                   \
-        const unsigned n = unsigned(p.b * p.h * ((p.l + 63) / 64));                             \
-        const size_t sm = akl::bwd_smem_bytes(p.dt, 64);                                        \
-        emu::launch(akl_bwd_dq_##NAME##_##NAME##_64, n, 256, sm, qt.data(), kt.data(),          \
-                    qs.data(), ks.data(), mask.data(), stats.data(), grad.data(), dq.data(),    \
-                    p.h, p.l, p.dt, p.ds, st, ss);                                              \
-        emu::launch(akl_bwd_dk_##NAME##_##NAME##_64, n, 256, sm, qt.data(), kt.data(),          \
-                    qs.data(), ks.data(), mask.data(), stats.data(), grad.data(), dk.data(),    \
-                    p.h, p.l, p.dt, p.ds, st, ss);                                              \
-    }                                                                                           \
-    template <>                                                                                 \
-    void run_bwd<T, 128>(const Problem& p, const std::vector<T>& qt, const std::vector<T>& kt,  \
-                         const std::vector<T>& qs, const std::vector<T>& ks,                    \
-                         const std::vector<uint8_t>& mask, const std::vector<float>& stats,     \
-                         const std::vector<float>& grad, std::vector<T>& dq,                    \
-                         std::vector<T>& dk, float st, float ss) {                              \
-        const unsigned n = unsigned(p.b * p.h * ((p.l + 63) / 64));                             \
-        const size_t sm = akl::bwd_smem_bytes(p.dt, 128);                                       \
-        emu::launch(akl_bwd_dq_##NAME##_##NAME##_128, n, 256, sm, qt.data(), kt.data(),         \
-                    qs.data(), ks.data(), mask.data(), stats.data(), grad.data(), dq.data(),    \
-                    p.h, p.l, p.dt, p.ds, st, ss);                                              \
-        emu::launch(akl_bwd_dk_##NAME##_##NAME##_128, n, 256, sm, qt.data(), kt.data(),         \
-                    qs.data(), ks.data(), mask.data(), stats.data(), grad.data(), dk.data(),    \
-                    p.h, p.l, p.dt, p.ds, st, ss);                                              \
-    }                                                                                           \
-    void run_fwd(const Problem& p, const std::vector<T>& qt, const std::vector<T>& kt,          \
-                 const std::vector<T>& qs, const std::vector<T>& ks,                            \
-                 const std::vector<uint8_t>& mask, std::vector<float>& kl,                      \
-                 std::vector<float>& stats, float st, float ss) {                               \
-        const unsigned n = unsigned(p.b * p.h * ((p.l + 63) / 64));                             \
-        emu::launch(akl_fwd_##NAME##_##NAME, n, 256, akl::fwd_smem_bytes(p.dt, p.ds),           \
-                    qt.data(), kt.data(), qs.data(), ks.data(), mask.data(), kl.data(),         \
-                    stats.data(), p.h, p.l, p.dt, p.ds, st, ss);                                \
+#define AKL_KERNELS(T, E, NAME)                                                                 \
+    Kernels<T> {                                                                                \
+        #NAME, akl_fwd_##NAME, {akl_bwd_dq_##NAME##_32, akl_bwd_dq_##NAME##_64,                 \
+                                akl_bwd_dq_##NAME##_128},                                       \
+            {akl_bwd_dk_##NAME##_32, akl_bwd_dk_##NAME##_64, akl_bwd_dk_##NAME##_128},          \
+            &akl::fwd_smem_bytes<E>, &akl::bwd_smem_bytes<E>                                    \
     }
 
-AKL_RUN_BWD(float, f32)
-AKL_RUN_BWD(__nv_bfloat16, bf16)
-AKL_RUN_BWD(__half, f16)
+template <typename T>
+void run_fwd(const Kernels<T>& k, const Problem& p, const std::vector<T>& qt,
+             const std::vector<T>& kt, const std::vector<T>& qs, const std::vector<T>& ks,
+             const std::vector<uint8_t>& mask, std::vector<float>& kl, std::vector<float>& stats,
+             float st, float ss) {
+    const unsigned n = unsigned(p.b * p.h * ((p.l + 63) / 64));
+    emu::launch(k.fwd, n, 256, k.fwd_smem(p.dt, p.ds), qt.data(), kt.data(), qs.data(),
+                ks.data(), mask.data(), kl.data(), stats.data(), p.h, p.l, p.dt, p.ds, st, ss);
+}
+
+template <typename T>
+void run_bwd(const Kernels<T>& k, const Problem& p, const std::vector<T>& qt,
+             const std::vector<T>& kt, const std::vector<T>& qs, const std::vector<T>& ks,
+             const std::vector<uint8_t>& mask, const std::vector<float>& stats,
+             const std::vector<float>& grad, std::vector<T>& dq, std::vector<T>& dk, float st,
+             float ss) {
+    const int i = p.ds <= 32 ? 0 : p.ds <= 64 ? 1 : 2;
+    const int DS = 32 << i;
+    const unsigned n = unsigned(p.b * p.h * ((p.l + 63) / 64));
+    const size_t sm = k.bwd_smem(p.dt, DS);
+    emu::launch(k.dq[i], n, 256, sm, qt.data(), kt.data(), qs.data(), ks.data(), mask.data(),
+                stats.data(), grad.data(), dq.data(), p.h, p.l, p.dt, p.ds, st, ss);
+    emu::launch(k.dk[i], n, 256, sm, qt.data(), kt.data(), qs.data(), ks.data(), mask.data(),
+                stats.data(), grad.data(), dk.data(), p.h, p.l, p.dt, p.ds, st, ss);
+}
 
 // Mask kinds per batch item: 0 all valid, 1 random, 2 prefix, 3 all padded, 4 suffix.
 std::vector<uint8_t> make_mask(std::mt19937_64& rng, const Problem& p, const std::vector<int>& kinds) {
@@ -201,8 +182,9 @@ std::vector<uint8_t> make_mask(std::mt19937_64& rng, const Problem& p, const std
 }
 
 template <typename T>
-void check(const char* dtype, const Problem& p, const std::vector<int>& mask_kinds, double std_t,
-           double std_s, uint64_t seed, double tol) {
+void check(const Kernels<T>& kern, const Problem& p, const std::vector<int>& mask_kinds,
+           double std_t, double std_s, uint64_t seed, double tol) {
+    const char* dtype = kern.name;
     std::mt19937_64 rng(seed);
     std::normal_distribution<float> nd(0.f, 1.f);
     const size_t rows = size_t(p.b) * p.h * p.l;
@@ -228,14 +210,9 @@ void check(const char* dtype, const Problem& p, const std::vector<int>& mask_kin
     // Outputs start as NaN: every element must be written.
     const float nan = std::nanf("");
     std::vector<float> kl(rows, nan), stats(rows * 4, nan);
-    run_fwd(p, qt, kt, qs, ks, mask, kl, stats, st, ss);
+    run_fwd(kern, p, qt, kt, qs, ks, mask, kl, stats, st, ss);
     std::vector<T> dq(rows * p.ds, cvt<T>(nan)), dk(rows * p.ds, cvt<T>(nan));
-    if (p.ds <= 32)
-        run_bwd<T, 32>(p, qt, kt, qs, ks, mask, stats, grad, dq, dk, st, ss);
-    else if (p.ds <= 64)
-        run_bwd<T, 64>(p, qt, kt, qs, ks, mask, stats, grad, dq, dk, st, ss);
-    else
-        run_bwd<T, 128>(p, qt, kt, qs, ks, mask, stats, grad, dq, dk, st, ss);
+    run_bwd(kern, p, qt, kt, qs, ks, mask, stats, grad, dq, dk, st, ss);
 
     const Reference r = reference(p, dqt, dkt, dqs, dks, mask, grad, st, ss);
     char buf[160];
@@ -295,17 +272,25 @@ int main(int argc, char** argv) {
         {{2, 1, 67, 33, 17}, {2, 1}},     // d_t, d_s not multiples of 4 / 8
         {{1, 2, 100, 128, 128}, {1}},     // largest dims
         {{2, 1, 150, 64, 96}, {3, 1}},    // DS = 128 with d_s < 128; one batch all padded
-        {{1, 1, 129, 16, 32}, {0}},       // one valid key past the second tile boundary
+        {{1, 1, 129, 16, 32}, {4, 0}},    // a suffix mask: leading tiles skipped
     };
     if (quick) cases.resize(4);
+    const auto f32 = AKL_KERNELS(float, float, f32_f32);
+    const auto bf16 = AKL_KERNELS(__nv_bfloat16, float, bf16_bf16);
+    const auto f16 = AKL_KERNELS(__half, float, f16_f16);
+    const auto tc_bf16 = AKL_KERNELS(__nv_bfloat16, __nv_bfloat16, tc_bf16);
+    const auto tc_f16 = AKL_KERNELS(__half, __half, tc_f16);
     uint64_t seed = 1;
     for (const auto& c : cases) {
-        check<float>("f32", c.p, c.masks, 1.0, 1.0, seed++, 2e-4);
-        check<__nv_bfloat16>("bf16", c.p, c.masks, 1.0, 1.0, seed++, 2e-2);
-        check<__half>("f16", c.p, c.masks, 1.0, 1.0, seed++, 2e-3);
+        check(f32, c.p, c.masks, 1.0, 1.0, seed++, 2e-4);
+        check(bf16, c.p, c.masks, 1.0, 1.0, seed, 2e-2);
+        check(tc_bf16, c.p, c.masks, 1.0, 1.0, seed++, 2e-2);
+        check(f16, c.p, c.masks, 1.0, 1.0, seed, 2e-3);
+        check(tc_f16, c.p, c.masks, 1.0, 1.0, seed++, 2e-3);
     }
     // Large scores (peaked softmaxes): stats must keep the exponentials in range.
-    check<float>("f32-peaked", {2, 2, 70, 32, 32}, {0, 1}, 4.0, 4.0, 99, 1e-3);
+    check(f32, {2, 2, 70, 32, 32}, {0, 1}, 4.0, 4.0, 99, 1e-3);
+    check(tc_bf16, {2, 2, 70, 32, 32}, {0, 1}, 4.0, 4.0, 99, 2e-2);
     if (failures) {
         std::printf("%d failure(s)\n", failures);
         return 1;

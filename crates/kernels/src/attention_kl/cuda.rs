@@ -7,40 +7,114 @@
 //! the kernels compute in f32 anyway, so this changes no value, only costs a copy. The saved
 //! statistics stay on the device: `[b, h, l, 4]` f32, `(m_a, ln Z_a, m_b, ln Z_b)` per row.
 //!
-//! The shared-memory sizes below mirror `fwd_smem_bytes` / `bwd_smem_bytes` of the `.cu` file.
+//! bf16 and f16 inputs compute their score tiles on the tensor cores (wmma, f32 accumulation)
+//! unless [`set_cuda_tensor_cores`]`(false)` or `DISTILLERY_CUDA_TENSOR_CORES=0`; f32 inputs
+//! always use the CUDA cores (tensor cores would round them to tf32).
+//!
+//! The shared-memory sizes below mirror `fwd_smem_bytes` / `bwd_smem_bytes` of the `.cu` file
+//! (the kernels trap if they get less than they carve).
 
 use super::Problem;
 use crate::ptx;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, WrapErr};
 use candle_core::{DType, Layout, Result, WithDType};
 use half::{bf16, f16};
+use std::sync::atomic::{AtomicU8, Ordering};
 
-/// Query rows per block, keys per tile, threads per block, padding floats (as in the `.cu`).
+/// Query rows per block, keys per tile, threads per block (as in the `.cu`).
 const BM: usize = 64;
 const BN: usize = 64;
 const NTHREADS: u32 = 256;
-const PAD: usize = 4;
 /// Largest student head dim of the backward kernels (their register tiles are templated on
 /// 32, 64 and 128).
 pub(crate) const MAX_D_S: usize = 128;
 /// Dynamic shared memory a kernel may use without opting in.
 const SMEM_DEFAULT: usize = 48 * 1024;
 
-fn smem_stride(d: usize) -> usize {
-    d.max(1).div_ceil(32) * 32 + PAD
+/// Shared-memory layout of the `.cu` file, for tiles of `elem`-byte elements (4: f32 tiles on
+/// the CUDA cores; 2: bf16/f16 tiles on the tensor cores).
+mod smem {
+    /// Padding of a tile row: 4 floats or 8 16-bit elements.
+    fn pad(elem: usize) -> usize {
+        if elem == 4 {
+            4
+        } else {
+            8
+        }
+    }
+    /// Filled columns of a tile of width `d`.
+    fn width(d: usize, elem: usize) -> usize {
+        let m = if elem == 4 { 32 } else { 16 };
+        d.max(1).div_ceil(m) * m
+    }
+    /// Bytes of one piece of `n` elements (every piece is 128-byte aligned).
+    fn carve(n: usize, size: usize) -> usize {
+        (n * size).div_ceil(128) * 128
+    }
+    /// Row stride of the tensor-core score tiles and of the dS tiles (floats).
+    const SST: usize = 80;
+    const DST: usize = 68;
+
+    pub(super) fn fwd(d_t: usize, d_s: usize, elem: usize) -> usize {
+        let ld = |d: usize| width(d, elem) + pad(elem);
+        2 * carve(64 * ld(d_t), elem)
+            + 2 * carve(64 * ld(d_s), elem)
+            + if elem == 4 { 0 } else { 2 * carve(64 * SST, 4) }
+            + carve(64, 4)
+    }
+
+    pub(super) fn bwd(d_t: usize, ds_max: usize, elem: usize) -> usize {
+        2 * carve(64 * (width(d_t, elem) + pad(elem)), elem)
+            + 2 * carve(64 * (ds_max + pad(elem)), elem)
+            + if elem == 4 { 0 } else { 2 * carve(64 * SST, 4) }
+            + carve(64 * DST, 4)
+            + carve(64, 4)
+            + carve(64 * 4, 4)
+            + carve(64, 4)
+    }
 }
 
-fn fwd_smem_bytes(d_t: usize, d_s: usize) -> usize {
-    4 * ((BM + BN) * (smem_stride(d_t) + smem_stride(d_s)) + BN)
+/// 0: not decided yet (read `DISTILLERY_CUDA_TENSOR_CORES`), 1: off, 2: on.
+static TENSOR_CORES: AtomicU8 = AtomicU8::new(0);
+
+/// Whether bf16/f16 attention-KL computes its score tiles on the tensor cores (the default;
+/// `DISTILLERY_CUDA_TENSOR_CORES=0` turns it off at start-up).
+pub fn cuda_tensor_cores() -> bool {
+    match TENSOR_CORES.load(Ordering::Relaxed) {
+        0 => {
+            let on = std::env::var("DISTILLERY_CUDA_TENSOR_CORES").map_or(true, |v| v != "0");
+            // A concurrent `set_cuda_tensor_cores` wins.
+            let _ = TENSOR_CORES.compare_exchange(
+                0,
+                1 + u8::from(on),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            TENSOR_CORES.load(Ordering::Relaxed) == 2
+        }
+        v => v == 2,
+    }
 }
 
-fn bwd_smem_bytes(d_t: usize, ds_max: usize) -> usize {
-    4 * (2 * 64 * smem_stride(d_t) + 2 * 64 * (ds_max + PAD) + 64 * (64 + PAD) + 64 * 6)
+/// Selects tensor cores (`true`) or CUDA cores (`false`) for the score tiles of bf16/f16
+/// attention-KL from now on (process-wide; both give the same values up to rounding).
+pub fn set_cuda_tensor_cores(on: bool) {
+    TENSOR_CORES.store(1 + u8::from(on), Ordering::Relaxed);
+}
+
+/// The kernel family for inputs of dtype `T`: its name infix and its tiles' element size.
+fn family<T: WithDType>() -> (String, usize) {
+    let dt = T::DTYPE.as_str();
+    if T::DTYPE != DType::F32 && cuda_tensor_cores() {
+        (format!("tc_{dt}"), 2)
+    } else {
+        (format!("{dt}_{dt}"), 4)
+    }
 }
 
 /// The statistics the forward saves for the backward, on the device.
@@ -186,7 +260,7 @@ impl Launch {
 
 /// Loads kernel `name` from the PTX for the device's architecture and lets it use `smem` bytes
 /// of dynamic shared memory.
-fn load(dev: &CudaDevice, name: &str, smem: usize) -> Result<candle_core::cuda_backend::CudaFunc> {
+fn load(dev: &CudaDevice, name: &str, smem: usize) -> Result<CudaFunction> {
     let stream = dev.cuda_stream();
     let ctx = stream.context();
     let (major, minor) = ctx.compute_capability().w()?;
@@ -206,7 +280,9 @@ fn load(dev: &CudaDevice, name: &str, smem: usize) -> Result<candle_core::cuda_b
              these head dims, the device allows {limit}"
         );
     }
-    let func = dev.get_or_load_custom_func(name, module, ptx)?;
+    let func = dev
+        .get_or_load_custom_func(name, module, ptx)?
+        .into_cuda_function();
     if smem > SMEM_DEFAULT {
         func.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -246,11 +322,12 @@ fn launch_fwd<T: CudaDType + DeviceRepr + WithDType>(
     let (q_t, k_t) = (a.q_t.view::<T>()?, a.k_t.view::<T>()?);
     let (q_s, k_s) = (a.q_s.view::<T>()?, a.k_s.view::<T>()?);
     let mask = a.mask.view::<u8>()?;
-    let smem = fwd_smem_bytes(p.d_t, p.d_s);
-    let dt = T::DTYPE.as_str();
-    let func = load(dev, &format!("akl_fwd_{dt}_{dt}"), smem)?;
+    let (fam, elem) = family::<T>();
+    let smem = smem::fwd(p.d_t, p.d_s, elem);
+    let func = load(dev, &format!("akl_fwd_{fam}"), smem)?;
     let ln = Launch::new(p, BM, smem)?;
-    let mut b = func.builder();
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&func);
     b.arg(&q_t);
     b.arg(&k_t);
     b.arg(&q_s);
@@ -306,7 +383,7 @@ pub(crate) fn backward(
     out.to_dtype(&Layout::contiguous(len), out_dtype)
 }
 
-fn launch_bwd<T: CudaDType + DeviceRepr + WithDType>(
+fn launch_bwd<T: CudaDType + DeviceRepr + ValidAsZeroBits + WithDType>(
     dev: &CudaDevice,
     p: &Problem,
     a: &Args<'_>,
@@ -325,13 +402,14 @@ fn launch_bwd<T: CudaDType + DeviceRepr + WithDType>(
             33..=64 => 64,
             _ => 128,
         };
-        let smem = bwd_smem_bytes(p.d_t, ds_max);
-        let dt = T::DTYPE.as_str();
+        let (fam, elem) = family::<T>();
+        let smem = smem::bwd(p.d_t, ds_max, elem);
         for (which, range) in [("dq", 0..n), ("dk", n..2 * n)] {
-            let func = load(dev, &format!("akl_bwd_{which}_{dt}_{dt}_{ds_max}"), smem)?;
+            let func = load(dev, &format!("akl_bwd_{which}_{fam}_{ds_max}"), smem)?;
             let ln = Launch::new(p, BM.max(BN), smem)?;
             let mut dst = out.slice_mut(range);
-            let mut b = func.builder();
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&func);
             b.arg(&q_t);
             b.arg(&k_t);
             b.arg(&q_s);

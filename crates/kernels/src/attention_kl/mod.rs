@@ -43,6 +43,9 @@ pub(crate) mod cpu;
 mod cuda;
 mod slow;
 
+#[cfg(feature = "cuda")]
+pub use cuda::{cuda_tensor_cores, set_cuda_tensor_cores};
+
 pub use slow::{
     attention_kl_rows_slow, attention_kl_slow, relation_kl_rows_slow, relation_kl_slow,
 };
