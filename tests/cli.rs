@@ -17,6 +17,18 @@ fn distillery(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `distillery embed --model M --input I --output O [extra..]`.
+fn embed(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
+    let (m, i, o) = (
+        model.to_str().unwrap(),
+        input.to_str().unwrap(),
+        output.to_str().unwrap(),
+    );
+    let mut args = vec!["embed", "--model", m, "--input", i, "--output", o];
+    args.extend_from_slice(extra);
+    distillery(&args)
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -61,19 +73,12 @@ fn embed_writes_one_line_per_text_matching_the_library() {
     std::fs::write(&input, texts.join("\n") + "\n").unwrap();
     for pooling in ["mean", "cls"] {
         let output = root.path().join(format!("{pooling}.jsonl"));
-        let o = distillery(&[
-            "embed",
-            "--model",
-            model_dir.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-            "--pooling",
-            pooling,
-            "--batch-size",
-            "3",
-        ]);
+        let o = embed(
+            &model_dir,
+            &input,
+            &output,
+            &["--pooling", pooling, "--batch-size", "3"],
+        );
         assert!(o.status.success(), "{}", stderr(&o));
         let rows = read_jsonl(&output);
         assert_eq!(rows.len(), texts.len());
@@ -149,15 +154,7 @@ fn embed_reproduces_minilm_reference_embeddings() {
         .collect();
     std::fs::write(&input, lines.join("\n")).unwrap();
     let output = root.path().join("out.jsonl");
-    let o = distillery(&[
-        "embed",
-        "--model",
-        model_dir.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]);
+    let o = embed(&model_dir, &input, &output, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     for (row, ex) in read_jsonl(&output).iter().zip(&singles) {
         let got = row["embedding"].as_array().unwrap();
@@ -177,16 +174,7 @@ fn embed_errors_are_one_line_and_leave_existing_output_alone() {
     std::fs::write(&output, "precious\n").unwrap();
     let input = root.path().join("in.txt");
     std::fs::write(&input, "good movie\n\nbad\n").unwrap();
-    let m = model_dir.to_str().unwrap();
-    let o = distillery(&[
-        "embed",
-        "--model",
-        m,
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]);
+    let o = embed(&model_dir, &input, &output, &[]);
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(e.contains("in.txt:2") && e.contains("empty line"), "{e}");
@@ -194,39 +182,13 @@ fn embed_errors_are_one_line_and_leave_existing_output_alone() {
     assert_eq!(std::fs::read_to_string(&output).unwrap(), "precious\n");
 
     std::fs::write(&input, b"ok\n\xff\xfe\n").unwrap();
-    let e = stderr(&distillery(&[
-        "embed",
-        "--model",
-        m,
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]));
+    let e = stderr(&embed(&model_dir, &input, &output, &[]));
     assert!(e.contains("in.txt:2") && e.contains("UTF-8"), "{e}");
 
     std::fs::write(&input, "good movie\n").unwrap();
-    let e = stderr(&distillery(&[
-        "embed",
-        "--model",
-        "/no/such/model",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]));
+    let e = stderr(&embed(Path::new("/no/such/model"), &input, &output, &[]));
     assert!(e.contains("/no/such/model"), "{e}");
-    let o = distillery(&[
-        "embed",
-        "--model",
-        m,
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--batch-size",
-        "0",
-    ]);
+    let o = embed(&model_dir, &input, &output, &["--batch-size", "0"]);
     assert_eq!(o.status.code(), Some(2), "clap rejects a zero batch size");
     assert_eq!(std::fs::read_to_string(&output).unwrap(), "precious\n");
 }
