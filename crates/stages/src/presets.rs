@@ -49,11 +49,16 @@ pub struct PresetSettings {
     pub hidden: LossTerm,
     pub attention: LossTerm,
     pub logit: LossTerm,
+    /// Hard-label cross-entropy mixed into every stage that has the logit term (DESIGN: soft
+    /// KD "optionally mixed with hard-label cross-entropy").
+    pub hard_label: Option<LossTerm>,
     pub total_steps: usize,
     /// Fractions of `total_steps` per stage, by preset length; `None` splits evenly.
     pub split: Option<Vec<f64>>,
     pub optimizer: AdamW,
     pub lr: LrSchedule,
+    /// Warm-up as a fraction of each stage's steps (rounded up); overrides `lr.warmup_steps`.
+    pub warmup_ratio: Option<f64>,
     pub params: ParamGroups,
     pub eval_every: usize,
     pub checkpoint_every: usize,
@@ -106,11 +111,17 @@ pub fn expand(preset: Preset, s: &PresetSettings) -> Result<Schedule> {
         None => vec![1.0 / n as f64; n],
     };
     let steps = split_steps(s.total_steps, &fractions)?;
-    let (h, a, l) = (s.hidden.clone(), s.attention.clone(), s.logit.clone());
+    let (h, a) = (s.hidden.clone(), s.attention.clone());
+    let mut l = vec![s.logit.clone()];
+    l.extend(s.hard_label.clone());
+    let with = |mut v: Vec<LossTerm>, more: &[LossTerm]| {
+        v.extend_from_slice(more);
+        v
+    };
     let losses: Vec<Vec<LossTerm>> = match preset {
-        Preset::OneStage => vec![vec![h, a, l]],
-        Preset::TwoStage => vec![vec![h, a], vec![l]],
-        Preset::ThreeStage => vec![vec![h.clone(), a.clone()], vec![h, a, l.clone()], vec![l]],
+        Preset::OneStage => vec![with(vec![h, a], &l)],
+        Preset::TwoStage => vec![vec![h, a], l],
+        Preset::ThreeStage => vec![vec![h.clone(), a.clone()], with(vec![h, a], &l), l],
     };
     let names = ["I", "II", "III"];
     let stages = losses
@@ -123,7 +134,10 @@ pub fn expand(preset: Preset, s: &PresetSettings) -> Result<Schedule> {
             steps,
             optimizer: s.optimizer,
             lr: LrSchedule {
-                warmup_steps: s.lr.warmup_steps.min(steps),
+                warmup_steps: match s.warmup_ratio {
+                    Some(r) => ((r * steps as f64).ceil() as usize).min(steps),
+                    None => s.lr.warmup_steps.min(steps),
+                },
                 ..s.lr
             },
             params: s.params.clone(),

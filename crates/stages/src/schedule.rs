@@ -60,6 +60,8 @@ pub struct AdamW {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
+    /// Clip the global gradient norm to this (0: no clipping).
+    pub max_grad_norm: f64,
 }
 
 impl Default for AdamW {
@@ -69,6 +71,7 @@ impl Default for AdamW {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.01,
+            max_grad_norm: 1.0,
         }
     }
 }

@@ -29,6 +29,7 @@ fn settings(total: usize, split: Option<Vec<f64>>) -> PresetSettings {
             },
             weight: 1.0,
         },
+        hard_label: None,
         total_steps: total,
         split,
         optimizer: AdamW::default(),
@@ -38,6 +39,7 @@ fn settings(total: usize, split: Option<Vec<f64>>) -> PresetSettings {
             decay: Decay::Linear,
             min_ratio: 0.0,
         },
+        warmup_ratio: None,
         params: ParamGroups::default(),
         eval_every: 0,
         checkpoint_every: 0,
@@ -119,4 +121,35 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn hard_label_joins_every_stage_with_the_logit_term() {
+    let mut s = settings(300, None);
+    s.hard_label = Some(LossTerm::HardLabel { weight: 0.5 });
+    assert_eq!(
+        kinds(&expand(Preset::ThreeStage, &s).unwrap()),
+        [
+            vec!["hidden", "attention"],
+            vec!["hidden", "attention", "logit", "hard_label"],
+            vec!["logit", "hard_label"]
+        ]
+    );
+    assert_eq!(
+        kinds(&expand(Preset::TwoStage, &s).unwrap()),
+        [vec!["hidden", "attention"], vec!["logit", "hard_label"]]
+    );
+}
+
+#[test]
+fn warmup_ratio_scales_with_each_stage() {
+    let mut s = settings(100, Some(vec![0.2, 0.3, 0.5]));
+    s.warmup_ratio = Some(0.1);
+    let w: Vec<usize> = expand(Preset::ThreeStage, &s)
+        .unwrap()
+        .stages
+        .iter()
+        .map(|st| st.lr.warmup_steps)
+        .collect();
+    assert_eq!(w, [2, 3, 5]);
 }
