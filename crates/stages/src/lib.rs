@@ -1,18 +1,33 @@
 //! `distillery-stages`: the stage-scheduling engine.
 //!
-//! This slice holds the declarative part: [`Schedule`]s of [`Stage`]s (loss terms with weights,
-//! length, AdamW settings, learning-rate schedule, parameter groups, optimiser carry-over,
-//! evaluation and checkpoint cadence), the one-/two-/three-stage [`presets`] splitting one step
-//! budget, and [`lr`] schedules. The trainer loop, events and checkpoints are the next slice.
+//! - [`schedule`]: a [`Schedule`] is a list of [`Stage`]s (loss terms with weights, length,
+//!   AdamW settings, learning-rate schedule, parameter groups, optimiser carry-over, evaluation
+//!   and checkpoint cadence); [`presets`] expand the one-/two-/three-stage rows of DESIGN.md at
+//!   equal step budget; [`lr`] has warm-up + decay.
+//! - [`trainer`]: the loop that runs a schedule on a teacher and a student, reporting
+//!   [`events`] to observers; [`optim`] is AdamW with state that checkpoints exactly;
+//!   [`checkpoint`] writes and finds checkpoints atomically; [`eval`] measures accuracy and
+//!   macro-F1.
 //!
-//! This crate knows nothing of the CLI, files named by the user, or the terminal.
+//! This crate knows nothing of the CLI, config files or the terminal: it writes only into the
+//! checkpoint folder it is handed, and never prints.
 
+pub mod checkpoint;
 pub mod error;
+pub mod eval;
+pub mod events;
 pub mod lr;
+pub mod optim;
 pub mod presets;
 pub mod schedule;
+pub mod trainer;
 
+pub use checkpoint::{Best, Checkpoint, CheckpointDir, TrainState};
 pub use error::{Result, StageError};
+pub use eval::{EvalSet, Metrics};
+pub use events::{Event, Observer, Recorder, StepReport};
 pub use lr::{Decay, LrSchedule};
+pub use optim::Optimizer;
 pub use presets::{expand, split_steps, Preset, PresetSettings};
 pub use schedule::{AdamW, LossTerm, ParamGroups, Schedule, Stage};
+pub use trainer::{Models, Outcome, Trainer, TrainerConfig};

@@ -1,0 +1,522 @@
+//! The trainer loop: for each stage, for each step — next batch, teacher forward (only when a
+//! term needs it), student forward with seeded dropout, the stage's weighted loss, backward, a
+//! non-finite guard, AdamW on the stage's parameter groups; evaluation and checkpoints on the
+//! stage's cadence and at every stage end.
+//!
+//! Determinism: dropout masks derive from (seed, global step), the data order from the
+//! batcher's cursor, the learning rate from the step, and the optimiser's moments are saved
+//! exactly; so a run resumed from a checkpoint ends with the same bits as an uninterrupted one.
+
+use std::time::Instant;
+
+use candle_core::{Tensor, Var};
+use candle_nn::VarMap;
+use distillery_data::{Batch, Batcher};
+use distillery_losses::{hard_cross_entropy, LayerPair, Projection};
+use distillery_models::{rng::SplitMix64, BertModel, BertOutput, ForwardOptions};
+
+use crate::checkpoint::{Best, Checkpoint, CheckpointDir, TrainState};
+use crate::error::{Result, StageError};
+use crate::eval::{EvalSet, Metrics};
+use crate::events::{Event, Observer, StepReport};
+use crate::optim::Optimizer;
+use crate::schedule::{LossTerm, Schedule, Stage};
+
+/// Run-wide settings (per-stage ones live in [`Stage`]).
+#[derive(Debug, Clone, Default)]
+pub struct TrainerConfig {
+    pub seed: u64,
+    /// Where checkpoints go; `None` writes none.
+    pub checkpoints: Option<CheckpointDir>,
+    /// Stop (as if interrupted) once this global step is done and checkpointed when due; a
+    /// later run resumes from the checkpoint. For time-boxed runs and the resume tests.
+    pub stop_after: Option<usize>,
+}
+
+/// The models a schedule trains and reads.
+#[derive(Clone, Copy)]
+pub struct Models<'a> {
+    /// Frozen; needed when any stage has a term other than hard-label CE.
+    pub teacher: Option<&'a BertModel>,
+    /// Trainable (built with a `VarMap`).
+    pub student: &'a BertModel,
+    /// Learned hidden-state projections (one shared, or one per hidden-state term), trained
+    /// with the student; their variables live in `projection_vars`.
+    pub projections: &'a [Projection],
+    pub projection_vars: Option<&'a VarMap>,
+}
+
+impl std::fmt::Debug for Models<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Models")
+            .field("teacher", &self.teacher.map(|t| t.config.num_hidden_layers))
+            .field("student", &self.student.config.num_hidden_layers)
+            .field("projections", &self.projections.len())
+            .finish()
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub global_step: usize,
+    pub best: Option<Best>,
+    /// Dev metrics at the end of the last stage, when a dev set was given.
+    pub final_dev: Option<Metrics>,
+    /// Stopped early by [`TrainerConfig::stop_after`].
+    pub interrupted: bool,
+}
+
+fn named_vars(models: &Models<'_>) -> Result<Vec<(String, Var)>> {
+    let student = models.student.varmap().ok_or_else(|| {
+        StageError::Config("the student is frozen (it was built without trainable weights)".into())
+    })?;
+    let mut out: Vec<(String, Var)> = Vec::new();
+    for vm in std::iter::once(student).chain(models.projection_vars) {
+        let data = vm
+            .data()
+            .lock()
+            .map_err(|_| StageError::Config("parameter map lock poisoned".into()))?;
+        out.extend(data.iter().map(|(n, v)| (n.clone(), v.clone())));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(StageError::Config(format!(
+            "parameter `{}` is both a student weight and a projection",
+            w[0].0
+        )));
+    }
+    Ok(out)
+}
+
+/// Per-stage resolved layer pairs, so that a bad map fails before the first step.
+struct Prepared {
+    pairs: Vec<Vec<LayerPair>>,
+}
+
+fn prepare(stage: &Stage, models: &Models<'_>) -> Result<Prepared> {
+    let s_layers = models.student.config.num_hidden_layers;
+    let mut pairs = Vec::new();
+    for term in &stage.losses {
+        let p = match term {
+            LossTerm::Hidden { map, .. } | LossTerm::Attention { map, .. } => {
+                let teacher = models.teacher.ok_or_else(|| {
+                    StageError::Config(format!(
+                        "stage {:?}: the {} loss needs a teacher",
+                        stage.name,
+                        term.kind_name()
+                    ))
+                })?;
+                map.resolve(s_layers, teacher.config.num_hidden_layers)?
+            }
+            LossTerm::Logit { .. } if models.teacher.is_none() => {
+                return Err(StageError::Config(format!(
+                    "stage {:?}: the logit loss needs a teacher",
+                    stage.name
+                )))
+            }
+            _ => Vec::new(),
+        };
+        pairs.push(p);
+    }
+    Ok(Prepared { pairs })
+}
+
+pub struct Trainer<'a> {
+    models: Models<'a>,
+    dev: Option<&'a EvalSet>,
+    config: TrainerConfig,
+    optimizer: Optimizer,
+    vars: Vec<(String, Var)>,
+}
+
+impl std::fmt::Debug for Trainer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("params", &self.vars.len())
+            .finish()
+    }
+}
+
+impl<'a> Trainer<'a> {
+    pub fn new(
+        models: Models<'a>,
+        dev: Option<&'a EvalSet>,
+        config: TrainerConfig,
+    ) -> Result<Self> {
+        let vars = named_vars(&models)?;
+        let optimizer = Optimizer::new(vars.clone());
+        Ok(Self {
+            models,
+            dev,
+            config,
+            optimizer,
+            vars,
+        })
+    }
+
+    /// Every trained tensor by name (student weights and projections), for checkpoints.
+    pub fn params(&self) -> Vec<(String, Tensor)> {
+        self.vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect()
+    }
+
+    fn restore(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        for (name, var) in &self.vars {
+            let t = ckpt.params.get(name).ok_or_else(|| {
+                StageError::Checkpoint(format!("{}: has no tensor `{name}`", ckpt.path.display()))
+            })?;
+            if t.dims() != var.as_tensor().dims() {
+                return Err(StageError::Checkpoint(format!(
+                    "{}: `{name}` has shape {:?}, the model {:?}",
+                    ckpt.path.display(),
+                    t.dims(),
+                    var.as_tensor().dims()
+                )));
+            }
+            var.set(&t.to_dtype(var.as_tensor().dtype())?)?;
+        }
+        self.optimizer
+            .load_state(&ckpt.optimizer, &ckpt.state.optimizer_steps)
+    }
+
+    /// Runs `schedule` from the start, or from `resume`, drawing batches from `batcher` (which
+    /// must already stand at the checkpoint's cursor when resuming).
+    pub fn run(
+        &mut self,
+        schedule: &Schedule,
+        batcher: &mut Batcher<'_>,
+        observers: &mut [&mut dyn Observer],
+        resume: Option<&Checkpoint>,
+    ) -> Result<Outcome> {
+        schedule.validate()?;
+        let shape: Vec<(String, usize)> = schedule
+            .stages
+            .iter()
+            .map(|s| (s.name.clone(), s.steps))
+            .collect();
+        let prepared: Vec<Prepared> = schedule
+            .stages
+            .iter()
+            .map(|s| prepare(s, &self.models))
+            .collect::<Result<_>>()?;
+        let mut state = match resume {
+            Some(ckpt) => {
+                if ckpt.state.schedule != shape {
+                    return Err(StageError::Checkpoint(format!(
+                        "{} was written by a run with stages {:?}, this schedule has {:?}",
+                        ckpt.path.display(),
+                        ckpt.state.schedule,
+                        shape
+                    )));
+                }
+                if ckpt.state.seed != self.config.seed {
+                    return Err(StageError::Checkpoint(format!(
+                        "{} was written with seed {}, this run has seed {}",
+                        ckpt.path.display(),
+                        ckpt.state.seed,
+                        self.config.seed
+                    )));
+                }
+                if ckpt.state.cursor != batcher.cursor() {
+                    return Err(StageError::Checkpoint(
+                        "the batcher does not stand at the checkpoint's data cursor".into(),
+                    ));
+                }
+                self.restore(ckpt)?;
+                ckpt.state.clone()
+            }
+            None => TrainState::new(self.config.seed, shape.clone(), batcher.cursor()),
+        };
+        if let Some(dir) = &self.config.checkpoints {
+            dir.clean_partial()?;
+        }
+        emit(
+            observers,
+            &Event::Started {
+                stages: shape,
+                total_steps: schedule.total_steps(),
+                resumed_at: state.global_step,
+            },
+        );
+        let mut final_dev = None;
+        for (si, stage) in schedule.stages.iter().enumerate().skip(state.stage) {
+            if state.step_in_stage == 0 {
+                if !stage.carry_optimizer {
+                    self.optimizer.reset();
+                }
+                emit(
+                    observers,
+                    &Event::StageStarted {
+                        stage_index: si,
+                        stage: stage.name.clone(),
+                        steps: stage.steps,
+                        global_step: state.global_step,
+                    },
+                );
+            }
+            for step in state.step_in_stage..stage.steps {
+                let report = self.step(stage, si, step, &prepared[si], batcher, &state)?;
+                state.global_step += 1;
+                state.step_in_stage = step + 1;
+                emit(observers, &Event::Step(report));
+                let last = step + 1 == stage.steps;
+                let due = |every: usize| every > 0 && (step + 1) % every == 0;
+                state.dev_metric = None;
+                if let Some(dev) = self.dev.filter(|_| last || due(stage.eval_every)) {
+                    let m = dev.evaluate(self.models.student)?;
+                    let better = state.best.is_none_or(|b| m.accuracy > b.metric);
+                    if better {
+                        state.best = Some(Best {
+                            global_step: state.global_step,
+                            metric: m.accuracy,
+                        });
+                    }
+                    state.dev_metric = Some(m.accuracy);
+                    if last && si + 1 == schedule.stages.len() {
+                        final_dev = Some(m);
+                    }
+                    emit(
+                        observers,
+                        &Event::Evaluated {
+                            stage_index: si,
+                            stage: stage.name.clone(),
+                            global_step: state.global_step,
+                            accuracy: m.accuracy,
+                            macro_f1: m.macro_f1,
+                            loss: m.loss,
+                            best: better,
+                        },
+                    );
+                }
+                state.cursor = batcher.cursor();
+                if last {
+                    state.stage = si + 1;
+                    state.step_in_stage = 0;
+                }
+                if last || due(stage.checkpoint_every) {
+                    self.checkpoint(&mut state, observers)?;
+                }
+                if self.config.stop_after == Some(state.global_step) {
+                    return Ok(Outcome {
+                        global_step: state.global_step,
+                        best: state.best,
+                        final_dev,
+                        interrupted: true,
+                    });
+                }
+            }
+            state.stage = si + 1;
+            state.step_in_stage = 0;
+            emit(
+                observers,
+                &Event::StageFinished {
+                    stage_index: si,
+                    stage: stage.name.clone(),
+                    global_step: state.global_step,
+                },
+            );
+        }
+        emit(
+            observers,
+            &Event::Finished {
+                global_step: state.global_step,
+            },
+        );
+        Ok(Outcome {
+            global_step: state.global_step,
+            best: state.best,
+            final_dev,
+            interrupted: false,
+        })
+    }
+
+    fn checkpoint(
+        &self,
+        state: &mut TrainState,
+        observers: &mut [&mut dyn Observer],
+    ) -> Result<()> {
+        let Some(dir) = &self.config.checkpoints else {
+            return Ok(());
+        };
+        let (moments, steps) = self.optimizer.state();
+        state.optimizer_steps = steps;
+        let path = dir.save(state, &self.params(), &moments)?;
+        emit(
+            observers,
+            &Event::Checkpointed {
+                global_step: state.global_step,
+                path,
+            },
+        );
+        Ok(())
+    }
+
+    fn step(
+        &mut self,
+        stage: &Stage,
+        si: usize,
+        step: usize,
+        prepared: &Prepared,
+        batcher: &mut Batcher<'_>,
+        state: &TrainState,
+    ) -> Result<StepReport> {
+        let start = Instant::now();
+        let global_step = state.global_step + 1;
+        let batch = batcher.next_batch()?;
+        let where_ = || {
+            format!(
+                "stage {} ({:?}) step {} (global step {global_step})",
+                si + 1,
+                stage.name,
+                step + 1
+            )
+        };
+        let (total, terms) = self.objective(stage, prepared, &batch, state.global_step)?;
+        let loss = f64::from(
+            total
+                .to_dtype(candle_core::DType::F32)?
+                .to_scalar::<f32>()?,
+        );
+        if !loss.is_finite() {
+            let parts: Vec<String> = terms.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            return Err(StageError::NonFinite(format!(
+                "{}: the loss is {loss} ({}){}",
+                where_(),
+                parts.join(", "),
+                self.last_good()
+            )));
+        }
+        let grads = total.backward()?;
+        let lr = stage.lr.at(step, stage.steps);
+        let stats = self
+            .optimizer
+            .step(&grads, lr, &stage.optimizer, &stage.params)
+            .map_err(|e| match e {
+                StageError::NonFinite(m) => {
+                    StageError::NonFinite(format!("{}: {m}{}", where_(), self.last_good()))
+                }
+                other => other,
+            })?;
+        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        Ok(StepReport {
+            stage_index: si,
+            stage: stage.name.clone(),
+            step: step + 1,
+            global_step,
+            epoch: batch.epoch,
+            loss,
+            terms,
+            lr,
+            grad_norm: stats.grad_norm,
+            examples: batch.len(),
+            examples_per_sec: batch.len() as f64 / secs,
+        })
+    }
+
+    fn last_good(&self) -> String {
+        match self
+            .config
+            .checkpoints
+            .as_ref()
+            .and_then(|d| d.list().ok())
+            .and_then(|mut l| l.pop())
+        {
+            Some((_, p)) => format!("; the last good checkpoint is {}", p.display()),
+            None => "; no checkpoint was written before it".into(),
+        }
+    }
+
+    /// The stage's weighted loss and each term's unweighted value.
+    fn objective(
+        &self,
+        stage: &Stage,
+        prepared: &Prepared,
+        batch: &Batch,
+        global_step: usize,
+    ) -> Result<(Tensor, Vec<(String, f64)>)> {
+        let device = self.models.student.device();
+        let t = batch.encoded.to_tensors(device)?;
+        let teacher_out: Option<BertOutput> = match self.models.teacher {
+            Some(teacher) if stage.losses.iter().any(LossTerm::needs_teacher) => {
+                Some(teacher.forward(
+                    &t.input_ids,
+                    Some(&t.token_type_ids),
+                    &t.attention_mask,
+                    &ForwardOptions::default(),
+                )?)
+            }
+            _ => None,
+        };
+        let seed =
+            SplitMix64::derive(self.config.seed, &format!("dropout/{global_step}")).next_u64();
+        let s = self.models.student.forward(
+            &t.input_ids,
+            Some(&t.token_type_ids),
+            &t.attention_mask,
+            &ForwardOptions {
+                train: true,
+                seed,
+                attention_maps: false,
+            },
+        )?;
+        let mut total: Option<Tensor> = None;
+        let mut values = Vec::new();
+        for (term, pairs) in stage.losses.iter().zip(&prepared.pairs) {
+            let need_t = || {
+                teacher_out
+                    .as_ref()
+                    .ok_or_else(|| StageError::Config("no teacher output".into()))
+            };
+            let value = match term {
+                LossTerm::Hidden { loss, .. } => {
+                    loss.compute(&s, need_t()?, pairs, self.models.projections)?
+                }
+                LossTerm::Attention { loss, .. } => loss.compute(&s, need_t()?, pairs)?,
+                LossTerm::Logit { loss, .. } => {
+                    let (zs, zt) = (logits(&s, "student")?, logits(need_t()?, "teacher")?);
+                    loss.compute(zs, zt)?
+                }
+                LossTerm::HardLabel { .. } => {
+                    let labels = batch.labels.as_ref().ok_or_else(|| {
+                        StageError::Config(format!(
+                            "stage {:?}: hard-label loss on unlabelled data",
+                            stage.name
+                        ))
+                    })?;
+                    let y = Tensor::new(labels.as_slice(), device)?;
+                    hard_cross_entropy(logits(&s, "student")?, &y)?
+                }
+            };
+            let v = f64::from(
+                value
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_scalar::<f32>()?,
+            );
+            values.push((term.kind_name().to_string(), v));
+            let weighted = (value * term.weight())?;
+            total = Some(match total {
+                None => weighted,
+                Some(acc) => (acc + weighted)?,
+            });
+        }
+        let total = total.ok_or_else(|| StageError::Config("stage without losses".into()))?;
+        Ok((total, values))
+    }
+}
+
+fn logits<'o>(out: &'o BertOutput, who: &str) -> Result<&'o Tensor> {
+    out.logits.as_ref().ok_or_else(|| {
+        StageError::Config(format!(
+            "the {who} has no classification head (the logit and hard-label losses need one)"
+        ))
+    })
+}
+
+fn emit(observers: &mut [&mut dyn Observer], event: &Event) {
+    for o in observers.iter_mut() {
+        o.on_event(event);
+    }
+}

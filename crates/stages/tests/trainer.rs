@@ -1,0 +1,439 @@
+//! The trainer on tiny models: losses go down, runs are deterministic, a resumed run ends with
+//! the same bits as an uninterrupted one, NaN stops the run naming stage and step, frozen groups
+//! stay put, and optimiser state carries over only when asked.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use distillery_data::{BatchConfig, Batcher, Dataset, Example, LabelOrder, LabelVocab};
+use distillery_losses::*;
+use distillery_models::{
+    load_model, random_student, save_model, testing, BertModel, LoadOptions, StudentSpec,
+    TextTokenizer,
+};
+use distillery_stages::*;
+
+const WORDS: [&str; 10] = [
+    "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "fast", "movie",
+];
+
+fn dataset(n: usize) -> Dataset {
+    let mut rng = distillery_models::rng::SplitMix64::new(5);
+    let examples = (0..n)
+        .map(|i| {
+            let len = 3 + (rng.next_u64() % 5) as usize;
+            let mut w: Vec<&str> = (0..len)
+                .map(|_| WORDS[(rng.next_u64() % WORDS.len() as u64) as usize])
+                .collect();
+            let label = if i % 2 == 0 { "pos" } else { "neg" };
+            w.insert(
+                (rng.next_u64() % len as u64) as usize,
+                if i % 2 == 0 { "good" } else { "bad" },
+            );
+            Example {
+                text: w.join(" "),
+                pair: None,
+                label: Some(label.into()),
+                line: i + 1,
+            }
+        })
+        .collect();
+    Dataset {
+        source: "mem.tsv".into(),
+        examples,
+        skipped: Vec::new(),
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    teacher: BertModel,
+    tokenizer: TextTokenizer,
+    data: Dataset,
+    vocab: LabelVocab,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    testing::write_tiny_tokenizer(dir.path()).unwrap();
+    let t = random_student(
+        testing::tiny_config(&["neg", "pos"]),
+        11,
+        true,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    save_model(&t, &dir.path().join("teacher"), None).unwrap();
+    let teacher = load_model(&dir.path().join("teacher"), &LoadOptions::default()).unwrap();
+    let tokenizer = TextTokenizer::from_file(&dir.path().join("tokenizer.json"), 16).unwrap();
+    let data = dataset(48);
+    let vocab = LabelVocab::from_dataset(&data, LabelOrder::Sorted).unwrap();
+    Fixture {
+        _dir: dir,
+        teacher,
+        tokenizer,
+        data,
+        vocab,
+    }
+}
+
+/// A 2-layer, 8-wide student (the teacher is 3 × 16) and its shared projection.
+fn student(f: &Fixture) -> (BertModel, VarMap, Vec<Projection>) {
+    let spec = StudentSpec {
+        layers: 2,
+        hidden: 8,
+        heads: 4,
+        intermediate: 16,
+    };
+    let s = random_student(
+        spec.config(&f.teacher.config).unwrap(),
+        21,
+        true,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let vm = VarMap::new();
+    let p = Projection::new(&vm, "projection.hidden", 8, 16, 3, &Device::Cpu).unwrap();
+    (s, vm, vec![p])
+}
+
+fn settings(total: usize, every: usize) -> PresetSettings {
+    PresetSettings {
+        hidden: LossTerm::Hidden {
+            loss: HiddenLoss {
+                kind: HiddenKind::Mse,
+                include_embeddings: true,
+            },
+            map: LayerMap::Uniform,
+            weight: 1.0,
+        },
+        attention: LossTerm::Attention {
+            loss: AttentionLoss {
+                kind: AttentionKind::Kl,
+            },
+            map: LayerMap::Uniform,
+            weight: 1.0,
+        },
+        logit: LossTerm::Logit {
+            loss: LogitLoss {
+                kind: LogitKind::Kl,
+                temperature: 2.0,
+            },
+            weight: 1.0,
+        },
+        hard_label: Some(LossTerm::HardLabel { weight: 0.5 }),
+        total_steps: total,
+        split: None,
+        optimizer: AdamW::default(),
+        lr: LrSchedule {
+            peak: 3e-3,
+            warmup_steps: 0,
+            decay: Decay::Linear,
+            min_ratio: 0.0,
+        },
+        warmup_ratio: Some(0.1),
+        params: ParamGroups::default(),
+        eval_every: every,
+        checkpoint_every: every,
+    }
+}
+
+struct RunResult {
+    params: Vec<(String, Vec<f32>)>,
+    recorder: Recorder,
+    outcome: Outcome,
+}
+
+fn flat(trainer_params: Vec<(String, Tensor)>) -> Vec<(String, Vec<f32>)> {
+    trainer_params
+        .into_iter()
+        .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect()
+}
+
+/// Runs `schedule` on a fresh student; with `ckpt`, checkpoints there, and resumes from the
+/// newest checkpoint found there.
+fn run(
+    f: &Fixture,
+    schedule: &Schedule,
+    ckpt: Option<&Path>,
+    stop_after: Option<usize>,
+) -> distillery_stages::Result<RunResult> {
+    let (s, vm, proj) = student(f);
+    let dev = EvalSet::new(&f.data, &f.tokenizer, &f.vocab, 16, &Device::Cpu).unwrap();
+    let dir = ckpt.map(|p| CheckpointDir::new(p, 2));
+    let resume = match &dir {
+        Some(d) => d.latest(&Device::Cpu)?,
+        None => None,
+    };
+    let config = BatchConfig::shuffled(8, 99);
+    let mut batcher = match &resume {
+        Some(c) => Batcher::from_cursor(
+            &f.data,
+            &f.tokenizer,
+            Some(&f.vocab),
+            config,
+            &c.state.cursor,
+        )?,
+        None => Batcher::new(&f.data, &f.tokenizer, Some(&f.vocab), config)?,
+    };
+    let models = Models {
+        teacher: Some(&f.teacher),
+        student: &s,
+        projections: &proj,
+        projection_vars: Some(&vm),
+    };
+    let mut trainer = Trainer::new(
+        models,
+        Some(&dev),
+        TrainerConfig {
+            seed: 7,
+            checkpoints: dir,
+            stop_after,
+        },
+    )?;
+    let mut recorder = Recorder::default();
+    let outcome = trainer.run(
+        schedule,
+        &mut batcher,
+        &mut [&mut recorder],
+        resume.as_ref(),
+    )?;
+    Ok(RunResult {
+        params: flat(trainer.params()),
+        recorder,
+        outcome,
+    })
+}
+
+#[test]
+fn three_stage_run_lowers_each_loss_and_is_deterministic() {
+    let f = fixture();
+    let schedule = expand(Preset::ThreeStage, &settings(60, 0)).unwrap();
+    let a = run(&f, &schedule, None, None).unwrap();
+    let steps: Vec<&StepReport> = a.recorder.steps().collect();
+    assert_eq!(steps.len(), 60);
+    assert_eq!(a.outcome.global_step, 60);
+    // Stage I trains hidden + attention: both fall over its 20 steps.
+    for term in ["hidden", "attention"] {
+        let v: Vec<f64> = steps[..20]
+            .iter()
+            .map(|s| s.terms.iter().find(|(k, _)| k == term).unwrap().1)
+            .collect();
+        let (head, tail) = (v[..4].iter().sum::<f64>(), v[16..].iter().sum::<f64>());
+        assert!(tail < 0.93 * head, "{term}: {v:?}");
+    }
+    // Stage III (KD + hard labels; the random teacher's soft labels are near uniform, so the
+    // weighted sum is what must fall).
+    let v: Vec<f64> = steps[40..].iter().map(|s| s.loss).collect();
+    assert!(
+        v[16..].iter().sum::<f64>() < v[..4].iter().sum::<f64>(),
+        "{v:?}"
+    );
+    // Events arrive in order: started, stage I started, 20 steps, eval, stage end...
+    let kinds: Vec<&str> = a
+        .recorder
+        .events
+        .iter()
+        .map(|e| match e {
+            Event::Started { .. } => "start",
+            Event::StageStarted { .. } => "stage",
+            Event::Step(_) => "step",
+            Event::Evaluated { .. } => "eval",
+            Event::Checkpointed { .. } => "ckpt",
+            Event::StageFinished { .. } => "end",
+            Event::Finished { .. } => "finish",
+        })
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "eval").count(), 3);
+    assert_eq!(kinds[..2], ["start", "stage"]);
+    assert_eq!(kinds[22..25], ["eval", "end", "stage"]);
+    // Same config, same seed: the same bits.
+    let b = run(&f, &schedule, None, None).unwrap();
+    assert_eq!(a.params, b.params);
+}
+
+#[test]
+fn resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
+    let f = fixture();
+    let schedule = expand(Preset::TwoStage, &settings(24, 5)).unwrap();
+    let full = run(&f, &schedule, None, None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Interrupted at step 8 (mid stage I): the newest checkpoint is step 5.
+    let part = run(&f, &schedule, Some(dir.path()), Some(8)).unwrap();
+    assert!(part.outcome.interrupted);
+    let steps: Vec<usize> = CheckpointDir::new(dir.path(), 2)
+        .list()
+        .unwrap()
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(steps, [5]);
+    // Interrupted again at 15 (mid stage II, after the stage boundary at 12).
+    run(&f, &schedule, Some(dir.path()), Some(15)).unwrap();
+    let resumed = run(&f, &schedule, Some(dir.path()), None).unwrap();
+    assert!(!resumed.outcome.interrupted);
+    assert_eq!(resumed.outcome.global_step, 24);
+    let first = resumed.recorder.steps().next().unwrap().global_step;
+    assert_eq!(first, 13, "continues after the stage-end checkpoint at 12");
+    assert_eq!(full.params, resumed.params);
+    // Kept: the last two and the best on dev.
+    let kept = CheckpointDir::new(dir.path(), 2).list().unwrap();
+    assert!(kept.len() >= 2 && kept.len() <= 3, "{kept:?}");
+    assert_eq!(kept.last().unwrap().0, 24);
+    let best = resumed.outcome.best.unwrap().global_step;
+    assert!(kept.iter().any(|(s, _)| *s == best), "{kept:?} best {best}");
+}
+
+/// Poisons a weight once a given checkpoint has been written.
+struct Poison {
+    var: candle_core::Var,
+    at: usize,
+}
+
+impl Observer for Poison {
+    fn on_event(&mut self, event: &Event) {
+        if let Event::Checkpointed { global_step, .. } = event {
+            if *global_step == self.at {
+                let t = self.var.as_tensor();
+                let nan = Tensor::full(f32::NAN, t.dims(), t.device()).unwrap();
+                self.var.set(&nan).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn nan_stops_the_run_naming_stage_and_step_and_keeps_the_checkpoint() {
+    let f = fixture();
+    let schedule = expand(Preset::OneStage, &settings(12, 3)).unwrap();
+    let (s, vm, proj) = student(&f);
+    let var = s
+        .varmap()
+        .unwrap()
+        .data()
+        .lock()
+        .unwrap()
+        .get("encoder.layer.0.attention.self.query.weight")
+        .unwrap()
+        .clone();
+    let dir = tempfile::tempdir().unwrap();
+    let mut batcher = Batcher::new(
+        &f.data,
+        &f.tokenizer,
+        Some(&f.vocab),
+        BatchConfig::shuffled(8, 1),
+    )
+    .unwrap();
+    let mut trainer = Trainer::new(
+        Models {
+            teacher: Some(&f.teacher),
+            student: &s,
+            projections: &proj,
+            projection_vars: Some(&vm),
+        },
+        None,
+        TrainerConfig {
+            seed: 1,
+            checkpoints: Some(CheckpointDir::new(dir.path(), 3)),
+            stop_after: None,
+        },
+    )
+    .unwrap();
+    let mut poison = Poison { var, at: 6 };
+    let err = trainer
+        .run(&schedule, &mut batcher, &mut [&mut poison], None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("stage 1 (\"I\") step 7"), "{err}");
+    assert!(err.contains("NaN"), "{err}");
+    assert!(err.contains("step-00000006"), "{err}");
+    let ckpt = CheckpointDir::new(dir.path(), 3)
+        .latest(&Device::Cpu)
+        .unwrap()
+        .unwrap();
+    assert_eq!(ckpt.state.global_step, 6);
+    let w = &ckpt.params["encoder.layer.0.attention.self.query.weight"];
+    let v: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+    assert!(v.iter().all(|x| x.is_finite()));
+}
+
+#[test]
+fn frozen_groups_stay_put_and_optimizer_state_carries_only_when_asked() {
+    let f = fixture();
+    let mut schedule = expand(Preset::TwoStage, &settings(10, 0)).unwrap();
+    schedule.stages[0].params.frozen = vec!["embeddings.".into()];
+    let (s0, _, _) = student(&f);
+    let before: Vec<f32> = s0.embeddings.word.flatten_all().unwrap().to_vec1().unwrap();
+    // Stage I only: embeddings frozen.
+    let dir = tempfile::tempdir().unwrap();
+    run(&f, &schedule, Some(dir.path()), Some(5)).unwrap();
+    let ck = CheckpointDir::new(dir.path(), 2)
+        .latest(&Device::Cpu)
+        .unwrap()
+        .unwrap();
+    let after: Vec<f32> = ck.params["embeddings.word_embeddings.weight"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(before, after);
+    let q: Vec<f32> = ck.params["encoder.layer.0.attention.self.query.weight"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let q0: Vec<f32> = s0.layers[0]
+        .query
+        .weight
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_ne!(q, q0);
+    let steps = |c: &Checkpoint, name: &str| {
+        c.state
+            .optimizer_steps
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| *t)
+    };
+    assert_eq!(steps(&ck, "embeddings.word_embeddings.weight"), None);
+    assert_eq!(steps(&ck, "projection.hidden.weight"), Some(5));
+    // Stage II fresh (default) vs carried: the moments' step counts tell.
+    for (carry, want) in [(false, 5), (true, 10)] {
+        let mut sch = schedule.clone();
+        sch.stages[0].params.frozen.clear();
+        sch.stages[1].carry_optimizer = carry;
+        // Stage II (logit only) gives the projection no gradient: count on a student weight.
+        let dir = tempfile::tempdir().unwrap();
+        run(&f, &sch, Some(dir.path()), None).unwrap();
+        let ck = CheckpointDir::new(dir.path(), 2)
+            .latest(&Device::Cpu)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            steps(&ck, "encoder.layer.1.output.dense.weight"),
+            Some(want),
+            "carry {carry}"
+        );
+    }
+}
+
+#[test]
+fn resuming_under_another_schedule_is_refused() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let a = expand(Preset::OneStage, &settings(6, 3)).unwrap();
+    run(&f, &a, Some(dir.path()), Some(3)).unwrap();
+    let b = expand(Preset::TwoStage, &settings(6, 3)).unwrap();
+    let err = run(&f, &b, Some(dir.path()), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("stages"), "{err}");
+}
