@@ -104,6 +104,13 @@ pub enum DataError {
     #[error("{path}: {message}")]
     Io { path: PathBuf, message: String },
 
+    /// A bad setting (e.g. of the synthetic task), naming its source and field.
+    #[error("{source_name}: {message}")]
+    Config {
+        source_name: String,
+        message: String,
+    },
+
     #[error(
         "{path}: cannot tell the format from the extension (expected .tsv, .csv, .jsonl or .ndjson); set the format explicitly"
     )]

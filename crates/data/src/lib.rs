@@ -5,6 +5,7 @@
 //! split(dataset, fractions, seed)          → Splits { train, dev, test }      (split)
 //! LabelVocab::from_dataset(&train, order)  → label ↔ id; validate(dev/test)   (labels)
 //! Batcher::new(&train, &tokenizer, Some(&vocab), BatchConfig) → Batch …       (batch)
+//! synthetic::generate(&SyntheticConfig)   → Dataset (seeded, offline; quickstart) (synthetic)
 //! ```
 //!
 //! - Malformed rows (wrong column count, empty text or label, invalid UTF-8, bad JSON, missing
@@ -27,6 +28,7 @@ mod read;
 mod sampler;
 pub mod shuffle;
 mod split;
+pub mod synthetic;
 
 pub use batch::{Batch, Batcher, EpochBatches};
 pub use error::{DataError, Problem, Result};
@@ -37,3 +39,4 @@ pub use read::{
 };
 pub use sampler::{BatchConfig, Cursor, IndexBatch, Sampler};
 pub use split::{load_splits, split, SplitFractions, SplitSpec, Splits};
+pub use synthetic::SyntheticConfig;

@@ -4,7 +4,7 @@
 use distillery_models::rng::SplitMix64;
 
 /// Uniform in `0..n` (`n ≥ 1`) without modulo bias (multiply-shift with rejection).
-fn below(rng: &mut SplitMix64, n: u64) -> u64 {
+pub(crate) fn below(rng: &mut SplitMix64, n: u64) -> u64 {
     let threshold = n.wrapping_neg() % n;
     loop {
         let m = u128::from(rng.next_u64()) * u128::from(n);
