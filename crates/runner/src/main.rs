@@ -5,8 +5,18 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod config;
+mod distill;
 mod embed;
+mod evaluate;
+mod fsutil;
 mod inspect;
+mod jobs;
+mod observe;
+mod plot;
+mod report;
+mod task;
+mod teacher;
 mod textfile;
 
 #[derive(Debug, Parser)]
@@ -28,8 +38,108 @@ pub enum Pooling {
     Cls,
 }
 
+#[derive(Debug, clap::Args)]
+struct JobFlags {
+    /// A TOML config; without one, the embedded quickstart (configs/quickstart.toml) runs.
+    config: Option<PathBuf>,
+    /// Output folder (default: runs/<config name>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue from the newest checkpoint in --out (finished parts are kept as they are).
+    #[arg(long)]
+    resume: bool,
+    /// cpu, cuda or cuda:N (overrides the config's `device`).
+    #[arg(long)]
+    device: Option<String>,
+    /// No progress bar or per-stage lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl JobFlags {
+    fn into_args(self) -> jobs::JobArgs {
+        jobs::JobArgs {
+            config: self.config,
+            out: self.out,
+            resume: self.resume,
+            device: self.device,
+            quiet: self.quiet,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct DataFlags {
+    /// A saved classifier folder (config.json with labels, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Column (TSV/CSV) or key (JSONL) of the text.
+    #[arg(long, default_value = "text")]
+    text: String,
+    /// Column or key of the second text of a pair.
+    #[arg(long)]
+    text_pair: Option<String>,
+    /// tsv, csv or jsonl (default: from the extension).
+    #[arg(long)]
+    format: Option<String>,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_size: u64,
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(2..))]
+    max_len: u64,
+}
+
+impl DataFlags {
+    fn into_args(self, data: PathBuf, label: String) -> evaluate::DataArgs {
+        evaluate::DataArgs {
+            model: self.model,
+            data,
+            text: self.text,
+            text_pair: self.text_pair,
+            label,
+            format: self.format,
+            batch_size: self.batch_size as usize,
+            max_len: self.max_len as usize,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the config's schedule: student (HF layout), metrics.jsonl, report.md, loss.svg.
+    Run {
+        #[command(flatten)]
+        job: JobFlags,
+    },
+    /// Run several schedules at the same step budget; write comparison.md and comparison.svg.
+    Compare {
+        #[command(flatten)]
+        job: JobFlags,
+        /// Comma-separated: one-stage, two-stage, three-stage, custom.
+        #[arg(long)]
+        schedules: Option<String>,
+    },
+    /// Accuracy and macro-F1 of a classifier on a labelled file, as JSON.
+    Eval {
+        #[command(flatten)]
+        flags: DataFlags,
+        /// A labelled TSV / CSV / JSONL file.
+        #[arg(long)]
+        data: PathBuf,
+        /// Column or key of the label.
+        #[arg(long, default_value = "label")]
+        label: String,
+    },
+    /// Label and class probabilities per text, as JSONL.
+    Predict {
+        #[command(flatten)]
+        flags: DataFlags,
+        /// A text file (one text per line) or a TSV / CSV / JSONL file.
+        #[arg(long)]
+        input: PathBuf,
+        /// The JSONL file to write (replaced only once complete).
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// Embed one text per input line; write one JSON object per line: {"text", "embedding"}.
     Embed {
         /// A Hugging Face model folder (config.json, model.safetensors, tokenizer.json).
@@ -78,6 +188,16 @@ fn main() -> ExitCode {
             max_len: max_len as usize,
         }),
         Command::Inspect { model, json } => inspect::run(&model, json),
+        Command::Run { job } => jobs::run(&job.into_args()),
+        Command::Compare { job, schedules } => {
+            jobs::compare(&job.into_args(), schedules.as_deref())
+        }
+        Command::Eval { flags, data, label } => evaluate::eval(&flags.into_args(data, label)),
+        Command::Predict {
+            flags,
+            input,
+            output,
+        } => evaluate::predict(&flags.into_args(input, String::new()), &output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,745 @@
+//! From the config's sections to the library types: schedules (presets and custom), loss
+//! settings, optimiser and LR schedules, data reading, and the checks that need the models'
+//! shapes.
+
+use std::path::PathBuf;
+
+use distillery_data::{
+    BatchConfig, ColumnSpec, ReadConfig, SplitFractions, SplitSpec, SyntheticConfig,
+};
+use distillery_losses::{
+    AttentionKind, AttentionLoss, HiddenKind, HiddenLoss, LayerMap, LogitKind, LogitLoss, Relation,
+};
+use distillery_models::{BertConfig, StudentSpec};
+use distillery_stages::{
+    expand, AdamW, Decay, LossTerm, LrSchedule, ParamGroups, Preset, PresetSettings, Schedule,
+    Stage,
+};
+
+use super::error::{key_err, KeyError, KeyResult};
+use super::schema::{
+    ArchSection, AttentionKindName, AttentionSection, Config, DecayName, DistillSection,
+    FinetuneSection, HiddenKindName, HiddenSection, LogitKindName, LogitSection, LossName, MapSpec,
+    ProjectionChoice, RelationName, ScheduleName, StageSection, StudentInit, DEFAULT_SPLIT,
+};
+
+/// Which schedule to build: one of the presets (as `distillery compare` runs all three from one
+/// config) or the config's `[[distill.stages]]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleChoice {
+    Preset(Preset),
+    Custom,
+}
+
+impl ScheduleChoice {
+    /// `one-stage`, `two-stage`, `three-stage` or `custom`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "custom" => Some(Self::Custom),
+            _ => Preset::parse(s).map(Self::Preset),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Preset(p) => p.name(),
+            Self::Custom => "custom",
+        }
+    }
+}
+
+/// The preset a `schedule` names; `None` for `custom`.
+pub(crate) fn preset_of(name: ScheduleName) -> Option<Preset> {
+    match name {
+        ScheduleName::OneStage => Some(Preset::OneStage),
+        ScheduleName::TwoStage => Some(Preset::TwoStage),
+        ScheduleName::ThreeStage => Some(Preset::ThreeStage),
+        ScheduleName::Custom => None,
+    }
+}
+
+/// Where the teacher comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TeacherSource {
+    /// A Hugging Face folder, resolved against the config's folder.
+    Folder(PathBuf),
+    /// A from-scratch teacher of this shape (seeded from `seed`).
+    Random(StudentSpec),
+}
+
+/// How the student is initialised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StudentSource {
+    /// Embeddings and these 0-based teacher layers copied.
+    TeacherLayers(Vec<usize>),
+    /// A fresh encoder of this shape (vocabulary etc. from the teacher).
+    Random(StudentSpec),
+}
+
+impl From<DecayName> for Decay {
+    fn from(d: DecayName) -> Self {
+        match d {
+            DecayName::Constant => Decay::Constant,
+            DecayName::Linear => Decay::Linear,
+            DecayName::Cosine => Decay::Cosine,
+        }
+    }
+}
+
+impl From<&MapSpec> for LayerMap {
+    fn from(m: &MapSpec) -> Self {
+        match m {
+            MapSpec::Uniform => LayerMap::Uniform,
+            MapSpec::LastK => LayerMap::LastK,
+            MapSpec::Explicit(v) => LayerMap::Explicit(v.clone()),
+        }
+    }
+}
+
+impl HiddenSection {
+    pub fn layer_map(&self) -> LayerMap {
+        (&self.map).into()
+    }
+
+    pub fn loss(&self) -> HiddenLoss {
+        HiddenLoss {
+            kind: match self.kind {
+                HiddenKindName::Mse => HiddenKind::Mse,
+                HiddenKindName::Cosine => HiddenKind::Cosine,
+            },
+            include_embeddings: self.include_embeddings,
+        }
+    }
+
+    /// Whether to learn a projection from the student's width to the teacher's.
+    pub fn needs_projection(&self, student_hidden: usize, teacher_hidden: usize) -> bool {
+        self.projection == ProjectionChoice::Auto && student_hidden != teacher_hidden
+    }
+
+    pub fn term(&self) -> LossTerm {
+        LossTerm::Hidden {
+            loss: self.loss(),
+            map: self.layer_map(),
+            weight: self.weight,
+        }
+    }
+}
+
+impl AttentionSection {
+    pub fn layer_map(&self) -> LayerMap {
+        (&self.map).into()
+    }
+
+    pub fn loss(&self) -> AttentionLoss {
+        AttentionLoss {
+            kind: match self.kind {
+                AttentionKindName::Kl => AttentionKind::Kl,
+                AttentionKindName::ScoreMse => AttentionKind::ScoreMse,
+                AttentionKindName::Relation => AttentionKind::Relation {
+                    // Validation requires it; 1 keeps an unvalidated config from panicking.
+                    relation_heads: self.relation_heads.unwrap_or(1),
+                    relations: self
+                        .relations
+                        .as_deref()
+                        .unwrap_or(&[RelationName::Query, RelationName::Key, RelationName::Value])
+                        .iter()
+                        .map(|r| match r {
+                            RelationName::Query => Relation::Query,
+                            RelationName::Key => Relation::Key,
+                            RelationName::Value => Relation::Value,
+                        })
+                        .collect(),
+                },
+            },
+        }
+    }
+
+    pub fn term(&self) -> LossTerm {
+        LossTerm::Attention {
+            loss: self.loss(),
+            map: self.layer_map(),
+            weight: self.weight,
+        }
+    }
+}
+
+impl LogitSection {
+    pub fn loss(&self) -> LogitLoss {
+        LogitLoss {
+            kind: match self.kind {
+                LogitKindName::Kl => LogitKind::Kl,
+                LogitKindName::ReverseKl => LogitKind::ReverseKl,
+                LogitKindName::Jsd => LogitKind::Jsd {
+                    beta: self.beta.unwrap_or(0.5),
+                },
+                LogitKindName::Mse => LogitKind::Mse,
+            },
+            temperature: self.temperature,
+        }
+    }
+
+    pub fn term(&self) -> LossTerm {
+        LossTerm::Logit {
+            loss: self.loss(),
+            weight: self.weight,
+        }
+    }
+
+    /// The hard-label CE mixed into logit stages, when `hard_label_weight` > 0.
+    pub fn hard_label_term(&self) -> Option<LossTerm> {
+        (self.hard_label_weight > 0.0).then_some(LossTerm::HardLabel {
+            weight: self.hard_label_weight,
+        })
+    }
+}
+
+impl DistillSection {
+    pub fn adamw(&self) -> AdamW {
+        AdamW {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            max_grad_norm: self.max_grad_norm,
+        }
+    }
+
+    /// The LR schedule of a stage of `steps` steps with this section's peak, warm-up fraction
+    /// and decay.
+    pub fn lr_schedule(&self, steps: usize) -> LrSchedule {
+        lr_schedule(self.lr, self.warmup, self.decay, self.min_lr_ratio, steps)
+    }
+}
+
+/// Warm-up is a fraction of the stage, rounded up (as the presets do), never past its end.
+fn lr_schedule(
+    peak: f64,
+    warmup: f64,
+    decay: DecayName,
+    min_ratio: f64,
+    steps: usize,
+) -> LrSchedule {
+    LrSchedule {
+        peak,
+        warmup_steps: ((warmup * steps as f64).ceil() as usize).min(steps),
+        decay: decay.into(),
+        min_ratio,
+    }
+}
+
+/// `ceil(epochs · batches_per_epoch)`; an error (naming `key`) when there are no batches.
+fn epochs_to_steps(key: &str, epochs: f64, batches_per_epoch: usize) -> KeyResult<usize> {
+    if batches_per_epoch == 0 {
+        return Err(key_err(
+            key,
+            "counts epochs, but the training data gives no batch per epoch",
+        ));
+    }
+    let steps = (epochs * batches_per_epoch as f64).ceil();
+    if !(steps.is_finite() && steps >= 1.0 && steps <= usize::MAX as f64) {
+        return Err(key_err(
+            key,
+            format!("{epochs} epochs of {batches_per_epoch} batches is not a usable step count"),
+        ));
+    }
+    Ok(steps as usize)
+}
+
+fn steps_of(
+    table: &str,
+    (steps_name, steps): (&str, Option<usize>),
+    (epochs_name, epochs): (&str, Option<f64>),
+    batches_per_epoch: usize,
+) -> KeyResult<usize> {
+    match (steps, epochs) {
+        (Some(s), None) => Ok(s),
+        (None, Some(e)) => epochs_to_steps(&format!("{table}.{epochs_name}"), e, batches_per_epoch),
+        _ => Err(key_err(
+            table,
+            format!("give exactly one of `{steps_name}` or `{epochs_name}`"),
+        )),
+    }
+}
+
+fn stage_error(key: &str) -> impl Fn(distillery_stages::StageError) -> KeyError + '_ {
+    move |e| key_err(key, e)
+}
+
+impl Config {
+    /// The schedule the config names.
+    pub fn schedule_choice(&self) -> ScheduleChoice {
+        preset_of(self.distill.schedule).map_or(ScheduleChoice::Custom, ScheduleChoice::Preset)
+    }
+
+    /// The distillation schedule `which`, with epoch counts turned into steps as
+    /// `ceil(epochs · batches_per_epoch)`.
+    pub fn schedule(
+        &self,
+        which: ScheduleChoice,
+        batches_per_epoch: usize,
+    ) -> anyhow::Result<Schedule> {
+        let built = match which {
+            ScheduleChoice::Preset(p) => self.preset_schedule(p, batches_per_epoch),
+            ScheduleChoice::Custom => self.custom_schedule(batches_per_epoch),
+        };
+        built.map_err(|e| e.in_file(&self.source))
+    }
+
+    fn preset_schedule(&self, preset: Preset, batches_per_epoch: usize) -> KeyResult<Schedule> {
+        let d = &self.distill;
+        self.check_preset_losses(preset)?;
+        let (Some(hidden), Some(attention), Some(logit)) = (
+            &self.losses.hidden,
+            &self.losses.attention,
+            &self.losses.logit,
+        ) else {
+            return Err(key_err(
+                "losses",
+                "the presets need hidden, attention and logit",
+            ));
+        };
+        let total_steps = match (d.total_steps, d.total_epochs) {
+            (Some(s), None) => s,
+            (None, Some(e)) => epochs_to_steps("distill.total_epochs", e, batches_per_epoch)?,
+            _ => {
+                return Err(key_err(
+                    "distill",
+                    format!(
+                        "the {} schedule needs exactly one of `total_steps` or `total_epochs`",
+                        preset.name()
+                    ),
+                ))
+            }
+        };
+        if let Some(split) = &d.split {
+            if split.len() != preset.stages() {
+                return Err(key_err(
+                    "distill.split",
+                    format!(
+                        "has {} fractions but the {} schedule has {} stages",
+                        split.len(),
+                        preset.name(),
+                        preset.stages()
+                    ),
+                ));
+            }
+        }
+        let settings = PresetSettings {
+            hidden: hidden.term(),
+            attention: attention.term(),
+            logit: logit.term(),
+            hard_label: logit.hard_label_term(),
+            total_steps,
+            split: d.split.clone(),
+            optimizer: d.adamw(),
+            lr: d.lr_schedule(0),
+            warmup_ratio: Some(d.warmup),
+            params: ParamGroups {
+                frozen: d.frozen.clone(),
+            },
+            eval_every: d.eval_every,
+            checkpoint_every: d.checkpoint_every,
+        };
+        let key = if d.total_steps.is_some() {
+            "distill.total_steps"
+        } else {
+            "distill.total_epochs"
+        };
+        expand(preset, &settings).map_err(stage_error(key))
+    }
+
+    fn custom_schedule(&self, batches_per_epoch: usize) -> KeyResult<Schedule> {
+        let d = &self.distill;
+        let stages = match &d.stages {
+            Some(s) if !s.is_empty() => s,
+            _ => {
+                return Err(key_err(
+                    "distill.stages",
+                    "the custom schedule needs [[distill.stages]] tables",
+                ))
+            }
+        };
+        let stages = stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.custom_stage(i, s, batches_per_epoch))
+            .collect::<KeyResult<Vec<_>>>()?;
+        let schedule = Schedule { stages };
+        schedule.validate().map_err(stage_error("distill.stages"))?;
+        Ok(schedule)
+    }
+
+    fn custom_stage(
+        &self,
+        i: usize,
+        s: &StageSection,
+        batches_per_epoch: usize,
+    ) -> KeyResult<Stage> {
+        let d = &self.distill;
+        let table = format!("distill.stages[{i}]");
+        let name = s
+            .name
+            .clone()
+            .ok_or_else(|| key_err(format!("{table}.name"), "is required"))?;
+        let steps = steps_of(
+            &table,
+            ("steps", s.steps),
+            ("epochs", s.epochs),
+            batches_per_epoch,
+        )?;
+        let names = s.losses.as_deref().unwrap_or_default();
+        let mut losses = Vec::with_capacity(names.len() + 1);
+        for l in names {
+            let missing = || {
+                key_err(
+                    format!("{table}.losses"),
+                    format!(
+                        "stage {name:?} uses the {} loss, but there is no [losses.{}] table",
+                        l.as_str(),
+                        l.as_str()
+                    ),
+                )
+            };
+            losses.push(match l {
+                LossName::Hidden => self.losses.hidden.as_ref().ok_or_else(missing)?.term(),
+                LossName::Attention => self.losses.attention.as_ref().ok_or_else(missing)?.term(),
+                LossName::Logit => self.losses.logit.as_ref().ok_or_else(missing)?.term(),
+                LossName::HardLabel => LossTerm::HardLabel {
+                    weight: self.hard_label_weight().unwrap_or(1.0),
+                },
+            });
+        }
+        // As in the presets, `hard_label_weight` > 0 mixes hard-label CE into every stage with
+        // the logit term — unless the stage lists `hard_label` itself.
+        if names.contains(&LossName::Logit) && !names.contains(&LossName::HardLabel) {
+            if let Some(w) = self.hard_label_weight() {
+                losses.push(LossTerm::HardLabel { weight: w });
+            }
+        }
+        Ok(Stage {
+            name,
+            losses,
+            steps,
+            optimizer: d.adamw(),
+            lr: lr_schedule(
+                s.lr.unwrap_or(d.lr),
+                s.warmup.unwrap_or(d.warmup),
+                s.decay.unwrap_or(d.decay),
+                d.min_lr_ratio,
+                steps,
+            ),
+            params: ParamGroups {
+                frozen: s.frozen.clone().unwrap_or_else(|| d.frozen.clone()),
+            },
+            carry_optimizer: s.carry_optimizer,
+            eval_every: s.eval_every.unwrap_or(d.eval_every),
+            checkpoint_every: s.checkpoint_every.unwrap_or(d.checkpoint_every),
+        })
+    }
+
+    /// `[losses.logit].hard_label_weight` when the table is there and the weight positive.
+    fn hard_label_weight(&self) -> Option<f64> {
+        self.losses
+            .logit
+            .as_ref()
+            .map(|l| l.hard_label_weight)
+            .filter(|w| *w > 0.0)
+    }
+
+    /// The teacher fine-tuning of `[teacher.finetune]` as a one-stage schedule (stage
+    /// `finetune`) of hard-label CE only; `None` without that table.
+    pub fn finetune_schedule(&self, batches_per_epoch: usize) -> anyhow::Result<Option<Schedule>> {
+        let Some(f) = &self.teacher.finetune else {
+            return Ok(None);
+        };
+        finetune(f, batches_per_epoch)
+            .map(Some)
+            .map_err(|e| e.in_file(&self.source))
+    }
+
+    /// Where the teacher comes from (the folder resolved against the config's folder).
+    pub fn teacher_source(&self) -> anyhow::Result<TeacherSource> {
+        let t = &self.teacher;
+        let source = match (&t.path, &t.random) {
+            (Some(p), None) => Ok(TeacherSource::Folder(self.resolve(p))),
+            (None, Some(r)) => arch_spec("teacher.random", r).map(TeacherSource::Random),
+            _ => Err(key_err(
+                "teacher",
+                "give exactly one of `path` or a [teacher.random] table",
+            )),
+        };
+        source.map_err(|e| e.in_file(&self.source))
+    }
+
+    pub fn student_source(&self) -> anyhow::Result<StudentSource> {
+        let s = &self.student;
+        let source = match s.init {
+            Some(StudentInit::TeacherLayers) => s
+                .teacher_layers
+                .clone()
+                .map(StudentSource::TeacherLayers)
+                .ok_or_else(|| key_err("student.teacher_layers", "is required")),
+            Some(StudentInit::Random) => arch_spec(
+                "student",
+                &ArchSection {
+                    layers: s.layers,
+                    hidden: s.hidden,
+                    heads: s.heads,
+                    intermediate: s.intermediate,
+                },
+            )
+            .map(StudentSource::Random),
+            None => Err(key_err("student.init", "is required")),
+        };
+        source.map_err(|e| e.in_file(&self.source))
+    }
+
+    /// How to read the data files: columns, format, malformed rows.
+    pub fn read_config(&self) -> ReadConfig {
+        let d = &self.data;
+        let mut columns = ColumnSpec::labelled(d.text.clone(), d.label.clone());
+        columns.text_pair = d.text_pair.clone();
+        ReadConfig {
+            format: d.format,
+            columns,
+            malformed: d.malformed,
+        }
+    }
+
+    /// The data files as `load_splits` takes them, paths resolved against the config's folder;
+    /// `None` for `[data.synthetic]`.
+    pub fn split_spec(&self) -> Option<SplitSpec> {
+        let d = &self.data;
+        if let Some(path) = &d.path {
+            let f = d.split.as_deref().unwrap_or(&DEFAULT_SPLIT);
+            let at = |i: usize| f.get(i).copied().unwrap_or(0.0);
+            return Some(SplitSpec::Fractions {
+                path: self.resolve(path),
+                fractions: SplitFractions::new(at(0), at(1), at(2)),
+                seed: d.split_seed.unwrap_or(self.seed),
+            });
+        }
+        d.train.as_ref().map(|train| SplitSpec::Files {
+            train: self.resolve(train),
+            dev: d.dev.as_ref().map(|p| self.resolve(p)),
+            test: d.test.as_ref().map(|p| self.resolve(p)),
+        })
+    }
+
+    /// The synthetic task of `[data.synthetic]`, unset keys at the generator's defaults and
+    /// the seed at the top-level `seed`; `None` for file data.
+    pub fn synthetic_config(&self) -> Option<SyntheticConfig> {
+        let s = self.data.synthetic.as_ref()?;
+        let d = SyntheticConfig::default();
+        Some(SyntheticConfig {
+            examples: s.examples.unwrap_or(d.examples),
+            min_len: s.min_len.unwrap_or(d.min_len),
+            max_len: s.max_len.unwrap_or(d.max_len),
+            vocab_words: s.vocab_words.unwrap_or(d.vocab_words),
+            seed: s.seed.unwrap_or(self.seed),
+        })
+    }
+
+    /// Training batches, shuffled with the top-level `seed`.
+    pub fn train_batches(&self) -> BatchConfig {
+        BatchConfig::shuffled(self.data.batch_size, self.seed)
+    }
+
+    /// Evaluation batches, in file order.
+    #[allow(dead_code)] // API; the evaluation code builds its own
+    pub fn eval_batches(&self) -> BatchConfig {
+        BatchConfig::in_order(self.data.eval_batch_size)
+    }
+
+    /// [`Config::check_models_for`] the configured schedule.
+    #[allow(dead_code)] // API; `distill` checks every compared schedule with `check_models_for`
+    pub fn check_models(
+        &self,
+        teacher: &BertConfig,
+        student: &BertConfig,
+        tokenizer_vocab: usize,
+    ) -> anyhow::Result<()> {
+        self.check_models_for(&[self.schedule_choice()], teacher, student, tokenizer_vocab)
+    }
+
+    /// What can only be checked once the models' shapes are known: vocabularies, the copied
+    /// teacher layers, and — for the losses the `choices` use — layer maps, widths and heads.
+    pub fn check_models_for(
+        &self,
+        choices: &[ScheduleChoice],
+        teacher: &BertConfig,
+        student: &BertConfig,
+        tokenizer_vocab: usize,
+    ) -> anyhow::Result<()> {
+        self.check_shapes(choices, teacher, student, tokenizer_vocab)
+            .map_err(|e| e.in_file(&self.source))
+    }
+
+    fn check_shapes(
+        &self,
+        choices: &[ScheduleChoice],
+        teacher: &BertConfig,
+        student: &BertConfig,
+        tokenizer_vocab: usize,
+    ) -> KeyResult<()> {
+        let (t, s) = (teacher, student);
+        if let (Some(StudentInit::TeacherLayers), Some(layers)) =
+            (self.student.init, &self.student.teacher_layers)
+        {
+            if let Some((j, bad)) = layers
+                .iter()
+                .enumerate()
+                .find(|(_, &l)| l >= t.num_hidden_layers)
+            {
+                return Err(key_err(
+                    "student.teacher_layers",
+                    format!(
+                        "entry {j} is layer {bad}, but the teacher has {} layers (0-based here: \
+                         0 is the first encoder layer)",
+                        t.num_hidden_layers
+                    ),
+                ));
+            }
+        }
+        if tokenizer_vocab > t.vocab_size {
+            return Err(key_err(
+                "teacher",
+                format!(
+                    "the tokenizer has {tokenizer_vocab} tokens but the teacher embeds only {}",
+                    t.vocab_size
+                ),
+            ));
+        }
+        if s.vocab_size != t.vocab_size {
+            return Err(key_err(
+                "student",
+                format!(
+                    "vocabulary mismatch: the student embeds {} tokens and the teacher {}; both must \
+                     use the teacher's tokenizer",
+                    s.vocab_size, t.vocab_size
+                ),
+            ));
+        }
+        let used = |l: LossName| choices.iter().any(|&c| self.uses(c, l));
+        if let Some(h) = self
+            .losses
+            .hidden
+            .as_ref()
+            .filter(|_| used(LossName::Hidden))
+        {
+            h.layer_map()
+                .resolve(s.num_hidden_layers, t.num_hidden_layers)
+                .map_err(|e| key_err("losses.hidden.map", e))?;
+            if h.projection == ProjectionChoice::None && s.hidden_size != t.hidden_size {
+                return Err(key_err(
+                    "losses.hidden.projection",
+                    format!(
+                        "is \"none\", but the student is {} wide and the teacher {}; use \
+                         projection = \"auto\" to learn a linear map",
+                        s.hidden_size, t.hidden_size
+                    ),
+                ));
+            }
+        }
+        if let Some(a) = self
+            .losses
+            .attention
+            .as_ref()
+            .filter(|_| used(LossName::Attention))
+        {
+            a.layer_map()
+                .resolve(s.num_hidden_layers, t.num_hidden_layers)
+                .map_err(|e| key_err("losses.attention.map", e))?;
+            match a.kind {
+                AttentionKindName::Kl | AttentionKindName::ScoreMse => {
+                    if s.num_attention_heads != t.num_attention_heads {
+                        return Err(key_err(
+                            "losses.attention.kind",
+                            format!(
+                                "{} needs equal head counts, but the student has {} heads and the \
+                                 teacher {}; use kind = \"relation\" (MiniLMv2), which re-splits both \
+                                 into `relation_heads`",
+                                if a.kind == AttentionKindName::Kl { "\"kl\"" } else { "\"score-mse\"" },
+                                s.num_attention_heads,
+                                t.num_attention_heads
+                            ),
+                        ));
+                    }
+                }
+                AttentionKindName::Relation => {
+                    let r = a.relation_heads.unwrap_or(1);
+                    if r == 0 || s.hidden_size % r != 0 || t.hidden_size % r != 0 {
+                        return Err(key_err(
+                            "losses.attention.relation_heads",
+                            format!(
+                                "{r} must divide both widths (student {}, teacher {})",
+                                s.hidden_size, t.hidden_size
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether schedule `c` uses loss `l` (the presets use hidden, attention and logit, and
+    /// hard-label CE when its weight is positive).
+    fn uses(&self, c: ScheduleChoice, l: LossName) -> bool {
+        match c {
+            ScheduleChoice::Preset(_) => {
+                l != LossName::HardLabel || self.hard_label_weight().is_some()
+            }
+            ScheduleChoice::Custom => self
+                .distill
+                .stages
+                .iter()
+                .flatten()
+                .any(|s| s.losses.iter().flatten().any(|x| *x == l)),
+        }
+    }
+}
+
+fn arch_spec(prefix: &str, a: &ArchSection) -> KeyResult<StudentSpec> {
+    super::validate::check_arch(prefix, a)?;
+    let get = |name: &str, v: Option<usize>| {
+        v.ok_or_else(|| key_err(format!("{prefix}.{name}"), "is required"))
+    };
+    Ok(StudentSpec {
+        layers: get("layers", a.layers)?,
+        hidden: get("hidden", a.hidden)?,
+        heads: get("heads", a.heads)?,
+        intermediate: get("intermediate", a.intermediate)?,
+    })
+}
+
+fn finetune(f: &FinetuneSection, batches_per_epoch: usize) -> KeyResult<Schedule> {
+    let steps = steps_of(
+        "teacher.finetune",
+        ("steps", f.steps),
+        ("epochs", f.epochs),
+        batches_per_epoch,
+    )?;
+    let lr =
+        f.lr.ok_or_else(|| key_err("teacher.finetune.lr", "is required"))?;
+    let schedule = Schedule {
+        stages: vec![Stage {
+            name: "finetune".into(),
+            losses: vec![LossTerm::HardLabel { weight: 1.0 }],
+            steps,
+            optimizer: AdamW {
+                weight_decay: f.weight_decay,
+                ..AdamW::default()
+            },
+            lr: lr_schedule(lr, f.warmup, f.decay, 0.0, steps),
+            params: ParamGroups::default(),
+            carry_optimizer: false,
+            eval_every: f.eval_every,
+            checkpoint_every: 0,
+        }],
+    };
+    schedule
+        .validate()
+        .map_err(stage_error("teacher.finetune"))?;
+    Ok(schedule)
+}

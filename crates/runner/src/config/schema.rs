@@ -1,0 +1,497 @@
+//! The TOML schema: one serde struct per table, `deny_unknown_fields` everywhere, defaults in
+//! each section's `Default` impl (`#[serde(default)]` on the container takes them from there,
+//! so every default is written once).
+//!
+//! Keys whose *presence* matters (exclusive choices such as `steps` / `epochs`, keys that are
+//! only allowed in some modes, required keys) are `Option`s: serde's own "missing field" error
+//! carries no position, so required keys are checked by [`super::validate`], which names them.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use distillery_data::{Format, MalformedPolicy};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+
+/// The whole config file. `source` and `base_dir` are not keys: they are set by
+/// [`super::load`] / [`super::parse`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Everything random (splits, shuffling, initialisation, dropout) derives from it.
+    pub seed: u64,
+    pub device: DeviceSpec,
+    pub data: DataSection,
+    pub teacher: TeacherSection,
+    pub student: StudentSection,
+    pub losses: LossesSection,
+    pub distill: DistillSection,
+    /// The file the config came from (a display name for embedded configs).
+    #[serde(skip)]
+    pub(crate) source: PathBuf,
+    /// Relative paths in the file resolve against this folder (empty: the current directory).
+    #[serde(skip)]
+    pub(crate) base_dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            seed: 17,
+            device: DeviceSpec::Cpu,
+            data: DataSection::default(),
+            teacher: TeacherSection::default(),
+            student: StudentSection::default(),
+            losses: LossesSection::default(),
+            distill: DistillSection::default(),
+            source: PathBuf::new(),
+            base_dir: PathBuf::new(),
+        }
+    }
+}
+
+/// `device = "cpu" | "cuda" | "cuda:N"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    /// A CUDA device by ordinal (`"cuda"` is `cuda:0`).
+    Cuda(usize),
+}
+
+impl DeviceSpec {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "cpu" => Some(Self::Cpu),
+            "cuda" => Some(Self::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        DeviceSpec::parse(&s).ok_or_else(|| {
+            de::Error::invalid_value(de::Unexpected::Str(&s), &"\"cpu\", \"cuda\" or \"cuda:N\"")
+        })
+    }
+}
+
+/// `[data]`: exactly one source — `path` (+ `split`), `train` + `dev` (+ `test`), or
+/// `[data.synthetic]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSection {
+    pub path: Option<PathBuf>,
+    /// Train / dev / test fractions of `path` (default `[0.8, 0.1, 0.1]`).
+    pub split: Option<Vec<f64>>,
+    /// Seed of the split (default: the top-level `seed`).
+    pub split_seed: Option<u64>,
+    pub train: Option<PathBuf>,
+    pub dev: Option<PathBuf>,
+    pub test: Option<PathBuf>,
+    /// `None`: from each file's extension.
+    pub format: Option<Format>,
+    pub text: String,
+    pub text_pair: Option<String>,
+    pub label: String,
+    pub malformed: MalformedPolicy,
+    /// Tokens per sequence, special tokens included.
+    pub max_len: usize,
+    pub batch_size: usize,
+    pub eval_batch_size: usize,
+    pub synthetic: Option<SyntheticSection>,
+}
+
+pub const DEFAULT_SPLIT: [f64; 3] = [0.8, 0.1, 0.1];
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            path: None,
+            split: None,
+            split_seed: None,
+            train: None,
+            dev: None,
+            test: None,
+            format: None,
+            text: "text".into(),
+            text_pair: None,
+            label: "label".into(),
+            malformed: MalformedPolicy::Error,
+            max_len: 128,
+            batch_size: 32,
+            eval_batch_size: 64,
+            synthetic: None,
+        }
+    }
+}
+
+/// `[data.synthetic]`: the fields of `distillery_data::SyntheticConfig`, each optional (unset:
+/// the generator's defaults; see [`Config::synthetic_config`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyntheticSection {
+    pub examples: Option<usize>,
+    pub min_len: Option<usize>,
+    pub max_len: Option<usize>,
+    pub vocab_words: Option<usize>,
+    /// Default: the top-level `seed`.
+    pub seed: Option<u64>,
+}
+
+/// `[teacher]`: exactly one of `path` or `[teacher.random]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TeacherSection {
+    /// A Hugging Face folder (`config.json`, `model.safetensors`, `tokenizer.json`).
+    pub path: Option<PathBuf>,
+    pub random: Option<ArchSection>,
+    pub finetune: Option<FinetuneSection>,
+}
+
+/// An encoder shape; every key is required (checked by validation, which names the key).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchSection {
+    pub layers: Option<usize>,
+    pub hidden: Option<usize>,
+    pub heads: Option<usize>,
+    pub intermediate: Option<usize>,
+}
+
+/// `[teacher.finetune]`: hard-label training of the teacher before distilling.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FinetuneSection {
+    pub steps: Option<usize>,
+    pub epochs: Option<f64>,
+    /// Required.
+    pub lr: Option<f64>,
+    pub warmup: f64,
+    pub decay: DecayName,
+    pub weight_decay: f64,
+    pub eval_every: usize,
+}
+
+impl Default for FinetuneSection {
+    fn default() -> Self {
+        Self {
+            steps: None,
+            epochs: None,
+            lr: None,
+            warmup: 0.1,
+            decay: DecayName::Linear,
+            weight_decay: 0.01,
+            eval_every: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StudentInit {
+    /// Embeddings and the listed (0-based) teacher layers copied.
+    TeacherLayers,
+    /// A fresh encoder of the given shape.
+    Random,
+}
+
+/// `[student]`: `init = "teacher-layers"` with `teacher_layers`, or `init = "random"` with the
+/// four shape keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StudentSection {
+    /// Required.
+    pub init: Option<StudentInit>,
+    /// 0-based teacher layers to copy (unlike the 1-based layer maps of the losses, where 0 is
+    /// the embedding output).
+    pub teacher_layers: Option<Vec<usize>>,
+    pub layers: Option<usize>,
+    pub hidden: Option<usize>,
+    pub heads: Option<usize>,
+    pub intermediate: Option<usize>,
+}
+
+/// `[losses.*]`: each table optional; a schedule that uses a missing one is an error.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossesSection {
+    pub hidden: Option<HiddenSection>,
+    pub attention: Option<AttentionSection>,
+    pub logit: Option<LogitSection>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HiddenKindName {
+    Mse,
+    Cosine,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProjectionChoice {
+    /// A learned linear map when the widths differ, none when they are equal.
+    Auto,
+    /// Never: the widths must be equal.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HiddenSection {
+    pub kind: HiddenKindName,
+    pub map: MapSpec,
+    pub include_embeddings: bool,
+    pub projection: ProjectionChoice,
+    pub weight: f64,
+}
+
+impl Default for HiddenSection {
+    fn default() -> Self {
+        Self {
+            kind: HiddenKindName::Mse,
+            map: MapSpec::Uniform,
+            include_embeddings: true,
+            projection: ProjectionChoice::Auto,
+            weight: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttentionKindName {
+    Kl,
+    ScoreMse,
+    Relation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RelationName {
+    Query,
+    Key,
+    Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttentionSection {
+    pub kind: AttentionKindName,
+    pub map: MapSpec,
+    /// Relation kind only, and required there.
+    pub relation_heads: Option<usize>,
+    /// Relation kind only (default: all three).
+    pub relations: Option<Vec<RelationName>>,
+    pub weight: f64,
+}
+
+impl Default for AttentionSection {
+    fn default() -> Self {
+        Self {
+            kind: AttentionKindName::Kl,
+            map: MapSpec::Uniform,
+            relation_heads: None,
+            relations: None,
+            weight: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogitKindName {
+    Kl,
+    ReverseKl,
+    Jsd,
+    Mse,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogitSection {
+    pub kind: LogitKindName,
+    pub temperature: f64,
+    /// JSD only (default 0.5).
+    pub beta: Option<f64>,
+    pub weight: f64,
+    /// > 0 mixes hard-label CE into every stage that has the logit term.
+    pub hard_label_weight: f64,
+}
+
+impl Default for LogitSection {
+    fn default() -> Self {
+        Self {
+            kind: LogitKindName::Kl,
+            temperature: 2.0,
+            beta: None,
+            weight: 1.0,
+            hard_label_weight: 0.0,
+        }
+    }
+}
+
+/// `map = "uniform" | "last-k" | [t1, t2, …]` (1-based teacher layer per student layer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapSpec {
+    Uniform,
+    LastK,
+    Explicit(Vec<usize>),
+}
+
+impl<'de> Deserialize<'de> for MapSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Hand-written rather than `#[serde(untagged)]`, whose error ("data did not match any
+        // variant") would not say what is accepted.
+        struct MapVisitor;
+        const EXPECTED: &str = "\"uniform\", \"last-k\" or a list of 1-based teacher layers";
+        impl<'de> Visitor<'de> for MapVisitor {
+            type Value = MapSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(EXPECTED)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<MapSpec, E> {
+                match s {
+                    "uniform" => Ok(MapSpec::Uniform),
+                    "last-k" => Ok(MapSpec::LastK),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(s), &EXPECTED)),
+                }
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MapSpec, A::Error> {
+                let mut v = Vec::new();
+                while let Some(l) = seq.next_element::<usize>()? {
+                    v.push(l);
+                }
+                Ok(MapSpec::Explicit(v))
+            }
+        }
+        d.deserialize_any(MapVisitor)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecayName {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleName {
+    OneStage,
+    TwoStage,
+    ThreeStage,
+    Custom,
+}
+
+/// A loss name in a custom stage's `losses`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossName {
+    Hidden,
+    Attention,
+    Logit,
+    HardLabel,
+}
+
+impl LossName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hidden => "hidden",
+            Self::Attention => "attention",
+            Self::Logit => "logit",
+            Self::HardLabel => "hard_label",
+        }
+    }
+}
+
+/// `[distill]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistillSection {
+    pub schedule: ScheduleName,
+    /// Presets: exactly one of `total_steps` / `total_epochs`.
+    pub total_steps: Option<usize>,
+    pub total_epochs: Option<f64>,
+    /// Presets: one fraction per stage (default: even).
+    pub split: Option<Vec<f64>>,
+    pub lr: f64,
+    /// Warm-up as a fraction of each stage's steps, in [0, 1).
+    pub warmup: f64,
+    pub decay: DecayName,
+    pub min_lr_ratio: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// 0: no clipping.
+    pub max_grad_norm: f64,
+    /// Parameter-name prefixes that do not train.
+    pub frozen: Vec<String>,
+    pub eval_every: usize,
+    pub checkpoint_every: usize,
+    pub keep_checkpoints: usize,
+    /// Only (and required) with `schedule = "custom"`.
+    pub stages: Option<Vec<StageSection>>,
+}
+
+impl Default for DistillSection {
+    fn default() -> Self {
+        Self {
+            schedule: ScheduleName::OneStage,
+            total_steps: None,
+            total_epochs: None,
+            split: None,
+            lr: 1e-4,
+            warmup: 0.1,
+            decay: DecayName::Linear,
+            min_lr_ratio: 0.0,
+            weight_decay: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            max_grad_norm: 1.0,
+            frozen: Vec::new(),
+            eval_every: 0,
+            checkpoint_every: 0,
+            keep_checkpoints: 2,
+            stages: None,
+        }
+    }
+}
+
+/// `[[distill.stages]]`: `None` overrides fall back to `[distill]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StageSection {
+    /// Required, unique.
+    pub name: Option<String>,
+    /// Required, non-empty, no duplicates.
+    pub losses: Option<Vec<LossName>>,
+    pub steps: Option<usize>,
+    pub epochs: Option<f64>,
+    pub lr: Option<f64>,
+    pub warmup: Option<f64>,
+    pub decay: Option<DecayName>,
+    pub frozen: Option<Vec<String>>,
+    pub eval_every: Option<usize>,
+    pub checkpoint_every: Option<usize>,
+    pub carry_optimizer: bool,
+}

@@ -1,0 +1,304 @@
+//! One schedule, end to end, into one folder:
+//!
+//! ```text
+//! DIR/checkpoints/step-…/   resumable state (last k + best on dev)
+//! DIR/metrics.jsonl         one line per step / evaluation / stage end
+//! DIR/student/              the final student, Hugging Face layout (tokenizer copied)
+//! DIR/loss.svg, report.md   the loss curve (stage boundaries marked) and the report
+//! DIR/summary.json          written last: its presence marks a finished run
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use candle_nn::VarMap;
+use distillery_data::Batcher;
+use distillery_losses::Projection;
+use distillery_models::{random_student, save_model, student_from_teacher, BertModel};
+use distillery_stages::{
+    CheckpointDir, EvalSet, Metrics, Models, Schedule, Trainer, TrainerConfig,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, ScheduleChoice, StudentSource};
+use crate::observe::{MetricsFile, Progress};
+use crate::task::Task;
+use crate::teacher::{scores, seed_of, Teacher};
+
+/// What a finished run reports (`summary.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub schedule: String,
+    /// (name, steps, loss kinds) per stage.
+    pub stages: Vec<(String, usize, Vec<String>)>,
+    pub steps: usize,
+    pub dev: Option<Metrics>,
+    pub test: Option<Metrics>,
+    pub best_dev: Option<(usize, f64)>,
+    pub student_parameters: usize,
+    pub teacher_parameters: usize,
+    pub teacher_dev: Option<Metrics>,
+    pub teacher_test: Option<Metrics>,
+    /// Training wall time over all invocations (a resumed run adds up).
+    pub wall_secs: f64,
+    pub student_dir: PathBuf,
+}
+
+pub fn read_summary(dir: &Path) -> Result<Option<Summary>> {
+    let p = dir.join("summary.json");
+    if !p.is_file() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(&p).with_context(|| format!("{}: cannot read", p.display()))?;
+    Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+        format!("{}: not a run summary", p.display())
+    })?))
+}
+
+/// Builds the student the config asks for, and its projection when widths differ.
+pub fn build_student(
+    config: &Config,
+    teacher: &BertModel,
+    device: &Device,
+) -> Result<(BertModel, VarMap, Vec<Projection>)> {
+    let student = match config.student_source()? {
+        StudentSource::TeacherLayers(layers) => {
+            // The teacher is frozen; copies of its tensors become the student's variables.
+            student_from_teacher(teacher, &layers, seed_of(config, "student/init")).with_context(
+                || {
+                    format!(
+                        "{}: key `student.teacher_layers`",
+                        config.source().display()
+                    )
+                },
+            )?
+        }
+        StudentSource::Random(spec) => {
+            let cfg = spec
+                .config(&teacher.config)
+                .with_context(|| format!("{}: key `student`", config.source().display()))?;
+            random_student(
+                cfg,
+                seed_of(config, "student/init"),
+                true,
+                DType::F32,
+                device,
+            )?
+        }
+    };
+    let vars = VarMap::new();
+    let mut projections = Vec::new();
+    if let Some(h) = &config.losses.hidden {
+        let (ws, wt) = (student.config.hidden_size, teacher.config.hidden_size);
+        if h.needs_projection(ws, wt) {
+            projections.push(Projection::new(
+                &vars,
+                "projection.hidden",
+                ws,
+                wt,
+                seed_of(config, "projection"),
+                device,
+            )?);
+        }
+    }
+    Ok((student, vars, projections))
+}
+
+/// How a run may treat what is already in its folder.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    pub resume: bool,
+    pub quiet: bool,
+}
+
+/// Runs `choice` into `dir` (see the module doc); returns the finished run's summary.
+pub fn run_schedule(
+    config: &Config,
+    task: &Task,
+    teacher: &Teacher,
+    choice: ScheduleChoice,
+    dir: &Path,
+    device: &Device,
+    opts: RunOptions,
+) -> Result<Summary> {
+    if let Some(done) = read_summary(dir)? {
+        if opts.resume {
+            return Ok(done);
+        }
+        bail!(
+            "{}: already holds a finished run; choose another --out (nothing was overwritten)",
+            dir.display()
+        );
+    }
+    let ckpt = CheckpointDir::new(dir.join("checkpoints"), config.distill.keep_checkpoints);
+    let resume = if opts.resume {
+        ckpt.latest(device)?
+    } else {
+        None
+    };
+    if !opts.resume && !ckpt.list()?.is_empty() {
+        bail!(
+            "{}: holds checkpoints of an unfinished run; pass --resume to continue it or choose another --out",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let (student, vars, projections) = build_student(config, &teacher.model, device)?;
+    config.check_models_for(
+        &[choice],
+        &teacher.model.config,
+        &student.config,
+        task.tokenizer.vocab_size(),
+    )?;
+    let train_cfg = config.train_batches();
+    let mut batcher = match &resume {
+        Some(c) => Batcher::from_cursor(
+            &task.splits.train,
+            &task.tokenizer,
+            Some(&task.vocab),
+            train_cfg,
+            &c.state.cursor,
+        )?,
+        None => Batcher::new(
+            &task.splits.train,
+            &task.tokenizer,
+            Some(&task.vocab),
+            train_cfg,
+        )?,
+    };
+    let schedule = config.schedule(choice, batcher.batches_per_epoch())?;
+    let dev = task
+        .splits
+        .dev
+        .as_ref()
+        .map(|d| {
+            EvalSet::new(
+                d,
+                &task.tokenizer,
+                &task.vocab,
+                config.data.eval_batch_size,
+                device,
+            )
+        })
+        .transpose()?;
+    let mut trainer = Trainer::new(
+        Models {
+            teacher: Some(&teacher.model),
+            student: &student,
+            projections: &projections,
+            projection_vars: Some(&vars),
+        },
+        dev.as_ref(),
+        TrainerConfig {
+            seed: seed_of(config, "distill"),
+            checkpoints: Some(ckpt),
+            stop_after: stop_after_from_env(),
+        },
+    )?;
+    let clock_path = dir.join(".elapsed");
+    let earlier: f64 = if resume.is_some() {
+        std::fs::read_to_string(&clock_path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0.0)
+    } else {
+        0.0
+    };
+    let mut clock = Clock {
+        path: clock_path,
+        start: Instant::now(),
+        earlier,
+    };
+    let mut progress = Progress::new(choice.name(), opts.quiet);
+    let metrics_path = dir.join("metrics.jsonl");
+    let mut metrics =
+        MetricsFile::open(&metrics_path, resume.as_ref().map(|c| c.state.global_step))?;
+    let outcome = trainer
+        .run(
+            &schedule,
+            &mut batcher,
+            &mut [&mut progress, &mut metrics, &mut clock],
+            resume.as_ref(),
+        )
+        .with_context(|| format!("schedule {}", choice.name()))?;
+    metrics.finish()?;
+    if outcome.interrupted {
+        bail!(
+            "stopped after global step {} as asked (DISTILLERY_STOP_AFTER); continue with --resume",
+            outcome.global_step
+        );
+    }
+    let student_dir = dir.join("student");
+    save_model(&student, &student_dir, Some(&task.tokenizer_dir))?;
+    let (dev_m, test_m) = scores(&student, task, config)?;
+    let summary = Summary {
+        schedule: choice.name().to_string(),
+        stages: stage_rows(&schedule),
+        steps: schedule.total_steps(),
+        dev: dev_m,
+        test: test_m,
+        best_dev: outcome.best.map(|b| (b.global_step, b.metric)),
+        student_parameters: student.num_parameters(),
+        teacher_parameters: teacher.info.parameters,
+        teacher_dev: teacher.info.dev,
+        teacher_test: teacher.info.test,
+        wall_secs: clock.total(),
+        student_dir,
+    };
+    crate::report::write_run_report(
+        dir,
+        &summary,
+        &crate::observe::read_metrics(&metrics_path)?,
+        config,
+    )?;
+    crate::fsutil::write_atomic(
+        &dir.join("summary.json"),
+        &serde_json::to_vec_pretty(&summary)?,
+    )?;
+    Ok(summary)
+}
+
+fn stage_rows(s: &Schedule) -> Vec<(String, usize, Vec<String>)> {
+    s.stages
+        .iter()
+        .map(|st| {
+            (
+                st.name.clone(),
+                st.steps,
+                st.losses
+                    .iter()
+                    .map(|l| l.kind_name().to_string())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// `DISTILLERY_STOP_AFTER=N` stops a run after global step N as if interrupted (its checkpoints
+/// stay; `--resume` continues). Used by the end-to-end resume tests; harmless otherwise.
+fn stop_after_from_env() -> Option<usize> {
+    std::env::var("DISTILLERY_STOP_AFTER").ok()?.parse().ok()
+}
+
+/// Training wall time, saved at each checkpoint so that a resumed run reports the total.
+struct Clock {
+    path: PathBuf,
+    start: Instant,
+    earlier: f64,
+}
+
+impl Clock {
+    fn total(&self) -> f64 {
+        self.earlier + self.start.elapsed().as_secs_f64()
+    }
+}
+
+impl distillery_stages::Observer for Clock {
+    fn on_event(&mut self, event: &distillery_stages::Event) {
+        if let distillery_stages::Event::Checkpointed { .. } = event {
+            let _ = crate::fsutil::write_atomic(&self.path, format!("{}", self.total()).as_bytes());
+        }
+    }
+}

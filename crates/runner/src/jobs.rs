@@ -1,0 +1,144 @@
+//! `distillery run` and `distillery compare`: load the config (or the embedded quickstart),
+//! prepare the task and the teacher once, then run one schedule or several into `--out`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+
+use crate::config::{self, Config, DeviceSpec, ScheduleChoice};
+use crate::distill::{run_schedule, RunOptions, Summary};
+
+/// The embedded default: `configs/quickstart.toml`, compiled in so that the binary runs offline
+/// with no file at all.
+pub const QUICKSTART: &str = include_str!("../../../configs/quickstart.toml");
+
+#[derive(Debug)]
+pub struct JobArgs {
+    pub config: Option<PathBuf>,
+    pub out: Option<PathBuf>,
+    pub resume: bool,
+    pub device: Option<String>,
+    pub quiet: bool,
+}
+
+fn load(args: &JobArgs) -> Result<Config> {
+    match &args.config {
+        Some(p) => config::load(p),
+        None => config::parse(QUICKSTART, Path::new("quickstart.toml (embedded)")),
+    }
+}
+
+fn device(config: &Config, flag: Option<&str>) -> Result<Device> {
+    let spec = match flag {
+        Some(s) => DeviceSpec::parse(s)
+            .with_context(|| format!("--device: expected cpu, cuda or cuda:N, got {s:?}"))?,
+        None => config.device,
+    };
+    match spec {
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Cuda(n) => Ok(distillery_kernels::cuda_device(n)?),
+    }
+}
+
+/// `--out`, else `runs/<config file stem>`.
+fn out_dir(args: &JobArgs) -> PathBuf {
+    args.out.clone().unwrap_or_else(|| {
+        let stem = args
+            .config
+            .as_deref()
+            .and_then(Path::file_stem)
+            .map_or("quickstart".into(), |s| s.to_string_lossy().into_owned());
+        PathBuf::from("runs").join(stem)
+    })
+}
+
+pub fn run(args: &JobArgs) -> Result<()> {
+    let config = load(args)?;
+    let device = device(&config, args.device.as_deref())?;
+    let out = out_dir(args);
+    let task = crate::task::prepare(&config, &out)?;
+    let teacher = crate::teacher::prepare(&config, &task, &out, &device, args.quiet)?;
+    let choice = config.schedule_choice();
+    let s = run_schedule(
+        &config,
+        &task,
+        &teacher,
+        choice,
+        &out,
+        &device,
+        RunOptions {
+            resume: args.resume,
+            quiet: args.quiet,
+        },
+    )?;
+    print_summary(&s);
+    eprintln!("wrote {}", out.join("report.md").display());
+    Ok(())
+}
+
+pub fn compare(args: &JobArgs, schedules: Option<&str>) -> Result<()> {
+    let config = load(args)?;
+    let choices: Vec<ScheduleChoice> = match schedules {
+        None => distillery_stages::Preset::ALL
+            .into_iter()
+            .map(ScheduleChoice::Preset)
+            .collect(),
+        Some(list) => list
+            .split(',')
+            .map(|s| {
+                ScheduleChoice::parse(s.trim()).with_context(|| {
+                    format!("--schedules: unknown schedule {s:?} (expected one-stage, two-stage, three-stage or custom)")
+                })
+            })
+            .collect::<Result<_>>()?,
+    };
+    let device = device(&config, args.device.as_deref())?;
+    let out = out_dir(args);
+    let task = crate::task::prepare(&config, &out)?;
+    let teacher = crate::teacher::prepare(&config, &task, &out, &device, args.quiet)?;
+    // Check every schedule before spending time on the first.
+    for &c in &choices {
+        config.schedule(c, 1)?;
+    }
+    let mut rows: Vec<Summary> = Vec::new();
+    let mut metrics = Vec::new();
+    for &c in &choices {
+        let dir = out.join(c.name());
+        let s = run_schedule(
+            &config,
+            &task,
+            &teacher,
+            c,
+            &dir,
+            &device,
+            RunOptions {
+                resume: args.resume,
+                quiet: args.quiet,
+            },
+        )?;
+        print_summary(&s);
+        metrics.push(crate::observe::read_metrics(&dir.join("metrics.jsonl"))?);
+        rows.push(s);
+    }
+    crate::report::write_comparison(&out, &rows, &metrics)?;
+    let md = std::fs::read_to_string(out.join("comparison.md")).unwrap_or_default();
+    println!("{md}");
+    eprintln!("wrote {}", out.join("comparison.md").display());
+    Ok(())
+}
+
+fn print_summary(s: &Summary) {
+    let acc = |m: Option<&distillery_stages::Metrics>| {
+        m.map_or("–".into(), |m| format!("{:.4}", m.accuracy))
+    };
+    eprintln!(
+        "{}: dev accuracy {} test accuracy {} (teacher test {}), {} steps in {:.1} s",
+        s.schedule,
+        acc(s.dev.as_ref()),
+        acc(s.test.as_ref()),
+        acc(s.teacher_test.as_ref()),
+        s.steps,
+        s.wall_secs
+    );
+}

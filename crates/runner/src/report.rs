@@ -1,0 +1,206 @@
+//! `report.md` + `loss.svg` for one run, and `comparison.md` + `comparison.svg` (+ `.json`)
+//! for `distillery compare`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::distill::Summary;
+use crate::fsutil::write_atomic;
+use crate::plot::{LineChart, Marker, Series};
+
+const TERMS: [&str; 4] = ["hidden", "attention", "logit", "hard_label"];
+
+fn steps_of(metrics: &[Value]) -> impl Iterator<Item = &Value> {
+    metrics.iter().filter(|v| v["event"] == "step")
+}
+
+/// The loss curve: the minimised sum and each term, over the global step, stage ends marked.
+pub fn loss_chart(title: &str, metrics: &[Value]) -> LineChart {
+    let mut series = vec![Series {
+        name: "total (weighted)".into(),
+        points: steps_of(metrics)
+            .filter_map(|v| Some((v["global_step"].as_f64()?, v["loss"].as_f64()?)))
+            .collect(),
+    }];
+    for term in TERMS {
+        let points: Vec<(f64, f64)> = steps_of(metrics)
+            .filter_map(|v| Some((v["global_step"].as_f64()?, v[term].as_f64()?)))
+            .collect();
+        if !points.is_empty() {
+            series.push(Series {
+                name: term.replace('_', "-"),
+                points,
+            });
+        }
+    }
+    let markers = metrics
+        .iter()
+        .filter(|v| v["event"] == "stage_end")
+        .filter_map(|v| {
+            Some(Marker {
+                x: v["global_step"].as_f64()?,
+                label: format!("end of {}", v["stage"].as_str()?),
+            })
+        })
+        .collect();
+    LineChart {
+        title: title.into(),
+        x_label: "global step".into(),
+        y_label: "loss (log scale)".into(),
+        series,
+        markers,
+        log_y: true,
+        smoothing: Some(0.9),
+    }
+}
+
+/// Dev accuracy over the global step.
+pub fn dev_points(metrics: &[Value]) -> Vec<(f64, f64)> {
+    metrics
+        .iter()
+        .filter(|v| v["event"] == "eval")
+        .filter_map(|v| Some((v["global_step"].as_f64()?, v["dev_accuracy"].as_f64()?)))
+        .collect()
+}
+
+fn metric(m: Option<&distillery_stages::Metrics>) -> String {
+    m.map_or("–".into(), |m| {
+        format!("{:.4} / {:.4}", m.accuracy, m.macro_f1)
+    })
+}
+
+pub fn write_run_report(dir: &Path, s: &Summary, metrics: &[Value], config: &Config) -> Result<()> {
+    let chart = loss_chart(&format!("{} — training losses", s.schedule), metrics);
+    write_atomic(&dir.join("loss.svg"), chart.to_svg().as_bytes())?;
+    let mut md = String::new();
+    let _ = writeln!(md, "# distillery run — {}\n", s.schedule);
+    let _ = writeln!(
+        md,
+        "Config: `{}` (seed {}).\n",
+        config.source().display(),
+        config.seed
+    );
+    let _ = writeln!(md, "| stage | losses | steps |\n|---|---|---|");
+    for (name, steps, losses) in &s.stages {
+        let _ = writeln!(md, "| {name} | {} | {steps} |", losses.join(" + "));
+    }
+    let _ = writeln!(md, "\n| model | parameters | dev accuracy / macro-F1 | test accuracy / macro-F1 |\n|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| teacher | {} | {} | {} |",
+        s.teacher_parameters,
+        metric(s.teacher_dev.as_ref()),
+        metric(s.teacher_test.as_ref())
+    );
+    let _ = writeln!(
+        md,
+        "| student | {} | {} | {} |",
+        s.student_parameters,
+        metric(s.dev.as_ref()),
+        metric(s.test.as_ref())
+    );
+    if let Some((step, acc)) = s.best_dev {
+        let _ = writeln!(
+            md,
+            "\nBest dev accuracy {acc:.4} at global step {step} (kept in `checkpoints/`)."
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nTraining wall time: {:.1} s for {} steps. The student is in `student/` (Hugging Face layout).\n",
+        s.wall_secs, s.steps
+    );
+    let _ = writeln!(md, "![training losses](loss.svg)\n");
+    let evals = dev_points(metrics);
+    if !evals.is_empty() {
+        let _ = writeln!(md, "| global step | dev accuracy |\n|---|---|");
+        for (x, y) in evals {
+            let _ = writeln!(md, "| {x} | {y:.4} |");
+        }
+    }
+    write_atomic(&dir.join("report.md"), md.as_bytes())
+}
+
+/// One row per schedule; `metrics` are each run's metrics lines, in the same order.
+pub fn write_comparison(out: &Path, rows: &[Summary], metrics: &[Vec<Value>]) -> Result<()> {
+    let mut series: Vec<Series> = rows
+        .iter()
+        .zip(metrics)
+        .map(|(s, m)| Series {
+            name: s.schedule.clone(),
+            points: dev_points(m),
+        })
+        .collect();
+    let last = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .fold(1.0, f64::max);
+    if let Some(t) = rows.first().and_then(|r| r.teacher_dev) {
+        series.push(Series {
+            name: "teacher".into(),
+            points: vec![(0.0, t.accuracy), (last, t.accuracy)],
+        });
+    }
+    let chart = LineChart {
+        title: "dev accuracy by schedule (equal step budget)".into(),
+        x_label: "global step".into(),
+        y_label: "dev accuracy".into(),
+        series,
+        markers: Vec::new(),
+        log_y: false,
+        smoothing: None,
+    };
+    write_atomic(&out.join("comparison.svg"), chart.to_svg().as_bytes())?;
+    let mut md = String::new();
+    let _ = writeln!(md, "# Schedule comparison\n");
+    if let Some(r) = rows.first() {
+        let _ = writeln!(
+            md,
+            "Teacher: {} parameters, dev {}, test {} (accuracy / macro-F1).\n",
+            r.teacher_parameters,
+            metric(r.teacher_dev.as_ref()),
+            metric(r.teacher_test.as_ref())
+        );
+    }
+    let _ = writeln!(md, "| schedule | stages (steps) | dev accuracy | test accuracy | teacher test accuracy | share of teacher kept | student parameters | wall time (s) |\n|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let stages: Vec<String> = r
+            .stages
+            .iter()
+            .map(|(n, s, l)| format!("{n}: {} ({s})", l.join("+")))
+            .collect();
+        let acc = |m: Option<&distillery_stages::Metrics>| {
+            m.map_or("–".to_string(), |m| format!("{:.4}", m.accuracy))
+        };
+        let kept = match (
+            r.test.as_ref().or(r.dev.as_ref()),
+            r.teacher_test.as_ref().or(r.teacher_dev.as_ref()),
+        ) {
+            (Some(s), Some(t)) if t.accuracy > 0.0 => {
+                format!("{:.1}%", 100.0 * s.accuracy / t.accuracy)
+            }
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {kept} | {} | {:.1} |",
+            r.schedule,
+            stages.join("; "),
+            acc(r.dev.as_ref()),
+            acc(r.test.as_ref()),
+            acc(r.teacher_test.as_ref()),
+            r.student_parameters,
+            r.wall_secs
+        );
+    }
+    let _ = writeln!(md, "\n![dev accuracy by schedule](comparison.svg)");
+    write_atomic(&out.join("comparison.md"), md.as_bytes())?;
+    write_atomic(
+        &out.join("comparison.json"),
+        &serde_json::to_vec_pretty(rows)?,
+    )
+}

@@ -1,0 +1,118 @@
+//! The task of a run: its splits, label vocabulary and tokenizer, from data files or the
+//! synthetic generator. The dev and test splits are also written to `OUT/data/` so that
+//! `distillery eval` can re-measure a saved model on exactly the examples the run used.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use distillery_data::synthetic;
+use distillery_data::{
+    load_splits, split, Dataset, LabelOrder, LabelVocab, SplitFractions, Splits,
+};
+use distillery_models::{BertConfig, TextTokenizer};
+
+use crate::config::{Config, TeacherSource, DEFAULT_SPLIT};
+
+#[derive(Debug)]
+pub struct Task {
+    pub splits: Splits,
+    pub vocab: LabelVocab,
+    pub tokenizer: TextTokenizer,
+    /// The folder whose tokenizer files are copied next to every saved model.
+    pub tokenizer_dir: PathBuf,
+}
+
+/// The teacher folder's config, when the teacher is a folder.
+pub fn teacher_folder_config(config: &Config) -> Result<Option<(PathBuf, BertConfig)>> {
+    match config.teacher_source()? {
+        TeacherSource::Folder(dir) => {
+            let cfg = BertConfig::from_file(&dir.join("config.json"))
+                .with_context(|| format!("teacher `{}`", dir.display()))?;
+            Ok(Some((dir, cfg)))
+        }
+        TeacherSource::Random(_) => Ok(None),
+    }
+}
+
+pub fn prepare(config: &Config, out: &Path) -> Result<Task> {
+    let (splits, tokenizer_dir) = match config.synthetic_config() {
+        Some(syn) => {
+            let data = synthetic::generate(&syn)?;
+            let f = config.data.split.as_deref().unwrap_or(&DEFAULT_SPLIT);
+            let fractions = SplitFractions::new(f[0], f[1], f[2]);
+            let seed = config.data.split_seed.unwrap_or(config.seed);
+            let dir = out.join("tokenizer");
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("{}: cannot create", dir.display()))?;
+            synthetic::write_tokenizer(&dir, &syn)?;
+            (split(data, fractions, seed)?, dir)
+        }
+        None => {
+            let spec = config.split_spec().context(
+                "the config names no data (give `data.path`, `data.train` or [data.synthetic])",
+            )?;
+            let Some((dir, _)) = teacher_folder_config(config)? else {
+                bail!(
+                    "{}: key `teacher.random`: a from-scratch teacher needs [data.synthetic] (it has no tokenizer for real text); give `teacher.path`",
+                    config.source().display()
+                );
+            };
+            (load_splits(&spec, &config.read_config())?, dir)
+        }
+    };
+    for s in std::iter::once(&splits.train)
+        .chain(&splits.dev)
+        .chain(&splits.test)
+    {
+        if let Some(msg) = s.skip_summary() {
+            eprintln!("warning: {msg}");
+        }
+    }
+    let tok_path = tokenizer_dir.join("tokenizer.json");
+    let tokenizer = TextTokenizer::from_file(&tok_path, config.data.max_len)
+        .with_context(|| format!("loading the tokenizer {}", tok_path.display()))?;
+    // A teacher whose head is used as is fixes the label ids; otherwise they are sorted.
+    let vocab = match teacher_folder_config(config)? {
+        Some((_, cfg)) if config.teacher.finetune.is_none() && !cfg.labels.is_empty() => {
+            LabelVocab::from_names(cfg.labels.iter().cloned())?
+        }
+        _ => LabelVocab::from_dataset(&splits.train, LabelOrder::Sorted)?,
+    };
+    let policy = config.data.malformed;
+    let splits = Splits {
+        train: vocab.validate(splits.train, policy)?,
+        dev: splits.dev.map(|d| vocab.validate(d, policy)).transpose()?,
+        test: splits.test.map(|d| vocab.validate(d, policy)).transpose()?,
+    };
+    if splits.train.is_empty() {
+        bail!(
+            "{}: the training split is empty",
+            splits.train.source.display()
+        );
+    }
+    for (name, d) in [("dev", &splits.dev), ("test", &splits.test)] {
+        if let Some(d) = d {
+            write_split(&out.join("data").join(format!("{name}.jsonl")), d)?;
+        }
+    }
+    Ok(Task {
+        splits,
+        vocab,
+        tokenizer,
+        tokenizer_dir,
+    })
+}
+
+/// `{"text": .., ["text_pair": ..,] "label": ..}` per line.
+fn write_split(path: &Path, d: &Dataset) -> Result<()> {
+    let mut s = String::new();
+    for e in &d.examples {
+        let mut v = serde_json::json!({"text": e.text, "label": e.label});
+        if let Some(p) = &e.pair {
+            v["text_pair"] = serde_json::json!(p);
+        }
+        s.push_str(&v.to_string());
+        s.push('\n');
+    }
+    crate::fsutil::write_atomic(path, s.as_bytes())
+}
