@@ -58,8 +58,9 @@ pub fn run(args: &JobArgs) -> Result<()> {
     let device = device(&config, args.device.as_deref())?;
     let out = out_dir(args);
     let task = crate::task::prepare(&config, &out)?;
-    let teacher = crate::teacher::prepare(&config, &task, &out, &device, args.quiet)?;
     let choice = config.schedule_choice();
+    check_early(&config, &task, &[choice])?;
+    let teacher = crate::teacher::prepare(&config, &task, &out, &device, args.quiet)?;
     let s = run_schedule(
         &config,
         &task,
@@ -96,11 +97,8 @@ pub fn compare(args: &JobArgs, schedules: Option<&str>) -> Result<()> {
     let device = device(&config, args.device.as_deref())?;
     let out = out_dir(args);
     let task = crate::task::prepare(&config, &out)?;
+    check_early(&config, &task, &choices)?;
     let teacher = crate::teacher::prepare(&config, &task, &out, &device, args.quiet)?;
-    // Check every schedule before spending time on the first.
-    for &c in &choices {
-        config.schedule(c, 1)?;
-    }
     let mut rows: Vec<Summary> = Vec::new();
     let mut metrics = Vec::new();
     for &c in &choices {
@@ -126,6 +124,20 @@ pub fn compare(args: &JobArgs, schedules: Option<&str>) -> Result<()> {
     println!("{md}");
     eprintln!("wrote {}", out.join("comparison.md").display());
     Ok(())
+}
+
+/// Everything that can be checked before the teacher trains: each schedule builds, and the
+/// planned models fit the losses it uses.
+fn check_early(
+    config: &Config,
+    task: &crate::task::Task,
+    choices: &[ScheduleChoice],
+) -> Result<()> {
+    for &c in choices {
+        config.schedule(c, 1)?;
+    }
+    let (t, s) = crate::teacher::planned_configs(config, task)?;
+    config.check_models_for(choices, &t, &s, task.tokenizer.vocab_size())
 }
 
 fn print_summary(s: &Summary) {

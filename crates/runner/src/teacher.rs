@@ -65,7 +65,7 @@ pub fn scores(
     Ok((eval(&task.splits.dev)?, eval(&task.splits.test)?))
 }
 
-fn from_scratch_config(
+pub fn from_scratch_config(
     config: &Config,
     task: &Task,
     spec: &distillery_models::StudentSpec,
@@ -86,6 +86,28 @@ fn from_scratch_config(
         pad_token_id: 0,
         labels: task.vocab.names().to_vec(),
     }
+}
+
+/// The teacher's and the student's configs as the run will build them, so that shape errors
+/// (layer maps, widths, heads, vocabularies) surface before any training.
+pub fn planned_configs(config: &Config, task: &Task) -> Result<(BertConfig, BertConfig)> {
+    let teacher = match config.teacher_source()? {
+        TeacherSource::Folder(dir) => {
+            let p = dir.join("config.json");
+            BertConfig::from_file(&p).with_context(|| format!("teacher `{}`", dir.display()))?
+        }
+        TeacherSource::Random(spec) => from_scratch_config(config, task, &spec),
+    };
+    let student = match config.student_source()? {
+        crate::config::StudentSource::TeacherLayers(layers) => BertConfig {
+            num_hidden_layers: layers.len(),
+            ..teacher.clone()
+        },
+        crate::config::StudentSource::Random(spec) => spec
+            .config(&teacher)
+            .with_context(|| format!("{}: key `student`", config.source().display()))?,
+    };
+    Ok((teacher, student))
 }
 
 /// The frozen teacher for `task`, fine-tuning (and saving) it first when the config says so.

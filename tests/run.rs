@@ -1,0 +1,458 @@
+//! End-to-end tests of `distillery run / compare / eval / predict` on a tiny synthetic task:
+//! the files a run promises, the student reproducing its logged dev metric, losses falling,
+//! a SIGKILLed run resumed to the same bits, and one test per bad-config case.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn distillery(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_distillery"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A tiny task: 240 synthetic examples, a 2-layer 16-wide teacher trained for 30 steps, a
+/// 1-layer 8-wide student.
+fn tiny_config(schedule: &str, total_steps: usize, extra: &str) -> String {
+    format!(
+        r#"
+seed = 3
+[data]
+max_len = 12
+batch_size = 16
+eval_batch_size = 32
+[data.synthetic]
+examples = 240
+min_len = 4
+max_len = 8
+vocab_words = 10
+[teacher.random]
+layers = 2
+hidden = 16
+heads = 2
+intermediate = 32
+[teacher.finetune]
+steps = 30
+lr = 3e-3
+[student]
+init = "random"
+layers = 1
+hidden = 8
+heads = 2
+intermediate = 16
+[losses.hidden]
+[losses.attention]
+[losses.logit]
+[distill]
+schedule = "{schedule}"
+total_steps = {total_steps}
+lr = 3e-3
+eval_every = 5
+checkpoint_every = 5
+{extra}
+"#
+    )
+}
+
+fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn run_writes_every_file_and_the_student_reproduces_its_dev_metric() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "tiny.toml", &tiny_config("one-stage", 40, ""));
+    let out = tmp.path().join("out");
+    let o = distillery(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in [
+        "student/config.json",
+        "student/model.safetensors",
+        "student/tokenizer.json",
+        "teacher/model.safetensors",
+        "teacher/teacher.json",
+        "metrics.jsonl",
+        "report.md",
+        "loss.svg",
+        "summary.json",
+        "data/dev.jsonl",
+        "data/test.jsonl",
+    ] {
+        assert!(out.join(f).is_file(), "missing {f}");
+    }
+    let metrics = read_jsonl(&out.join("metrics.jsonl"));
+    let steps: Vec<&Value> = metrics.iter().filter(|v| v["event"] == "step").collect();
+    assert_eq!(steps.len(), 40);
+    assert_eq!(steps[39]["global_step"], 40);
+    // The distillation terms fall (means of the first and last 8 steps).
+    for term in ["hidden", "attention"] {
+        let v: Vec<f64> = steps.iter().map(|s| s[term].as_f64().unwrap()).collect();
+        let (head, tail) = (v[..8].iter().sum::<f64>(), v[32..].iter().sum::<f64>());
+        assert!(tail < head, "{term}: {v:?}");
+    }
+    let evals = metrics.iter().filter(|v| v["event"] == "eval").count();
+    assert_eq!(evals, 8);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("![training losses](loss.svg)"), "{report}");
+    assert!(
+        report.contains("| I | hidden + attention + logit | 40 |"),
+        "{report}"
+    );
+    let svg = std::fs::read_to_string(out.join("loss.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    // The saved student, re-measured by `eval` on the run's own dev split, gives the logged metric.
+    let summary = read_json(&out.join("summary.json"));
+    let o = distillery(&[
+        "eval",
+        "--model",
+        out.join("student").to_str().unwrap(),
+        "--data",
+        out.join("data/dev.jsonl").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(m["accuracy"], summary["dev"]["accuracy"]);
+    assert_eq!(m["macro_f1"], summary["dev"]["macro_f1"]);
+    assert_eq!(m["examples"], 24);
+    // `predict`: one line per text, probabilities summing to 1, label = argmax.
+    let texts = tmp.path().join("texts.txt");
+    std::fs::write(&texts, "cat dog cat\nowl hen fox\n").unwrap();
+    let pred = tmp.path().join("pred.jsonl");
+    let o = distillery(&[
+        "predict",
+        "--model",
+        out.join("student").to_str().unwrap(),
+        "--input",
+        texts.to_str().unwrap(),
+        "--output",
+        pred.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows = read_jsonl(&pred);
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        let p = r["probabilities"].as_object().unwrap();
+        let sum: f64 = p.values().map(|v| v.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-5);
+        let best = p
+            .iter()
+            .max_by(|a, b| a.1.as_f64().unwrap().total_cmp(&b.1.as_f64().unwrap()))
+            .unwrap();
+        assert_eq!(r["label"].as_str().unwrap(), best.0);
+    }
+    // A finished run is never overwritten.
+    let before = std::fs::read(out.join("student/model.safetensors")).unwrap();
+    let o = distillery(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("already holds a finished run"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        before,
+        std::fs::read(out.join("student/model.safetensors")).unwrap()
+    );
+}
+
+fn step_losses(out: &Path) -> Vec<(u64, f64)> {
+    read_jsonl(&out.join("metrics.jsonl"))
+        .iter()
+        .filter(|v| v["event"] == "step")
+        .map(|v| {
+            (
+                v["global_step"].as_u64().unwrap(),
+                v["loss"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_killed_mid_stage_and_resumed_ends_with_the_same_bits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        tmp.path(),
+        "tiny.toml",
+        &tiny_config("three-stage", 300, ""),
+    );
+    let full = tmp.path().join("full");
+    let o = distillery(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        full.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let killed = tmp.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_distillery"))
+        .args([
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            killed.to_str().unwrap(),
+            "--quiet",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill (SIGKILL) as soon as the distillation has written its second checkpoint.
+    let ckpts = killed.join("checkpoints");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let n = std::fs::read_dir(&ckpts)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("step-"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if n >= 2 || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the run finished before it could be killed"
+    );
+    assert!(!killed.join("summary.json").exists());
+
+    let o = distillery(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        killed.to_str().unwrap(),
+        "--resume",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(full.join("student/model.safetensors")).unwrap(),
+        std::fs::read(killed.join("student/model.safetensors")).unwrap(),
+        "resumed student differs from the uninterrupted one"
+    );
+    // The metrics file reads as one uninterrupted run with the same losses.
+    assert_eq!(step_losses(&full), step_losses(&killed));
+}
+
+#[test]
+fn compare_writes_a_table_and_a_plot_for_each_schedule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "tiny.toml", &tiny_config("one-stage", 12, ""));
+    let out = tmp.path().join("cmp");
+    let o = distillery(&[
+        "compare",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--schedules",
+        "one-stage,two-stage,three-stage",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = std::fs::read_to_string(out.join("comparison.md")).unwrap();
+    for s in ["one-stage", "two-stage", "three-stage"] {
+        assert!(md.contains(&format!("| {s} |")), "{md}");
+        assert!(out.join(s).join("student/model.safetensors").is_file());
+    }
+    assert!(md.contains("share of teacher kept"), "{md}");
+    let svg = std::fs::read_to_string(out.join("comparison.svg")).unwrap();
+    for s in ["one-stage", "two-stage", "three-stage", "teacher"] {
+        assert!(svg.contains(s), "{s} missing from the plot");
+    }
+    // Equal budget: every schedule ran 12 steps.
+    let rows = read_json(&out.join("comparison.json"));
+    for r in rows.as_array().unwrap() {
+        assert_eq!(r["steps"], 12);
+    }
+    // The teacher was trained once and shared.
+    assert!(out.join("teacher/teacher.json").is_file());
+    assert!(!out.join("one-stage/teacher").exists());
+}
+
+/// Runs `run` on `text`; asserts failure, and that the one-line message names the config file
+/// and every string in `names`.
+fn bad_config(text: &str, names: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "bad.toml", text);
+    let out = tmp.path().join("out");
+    let o = distillery(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("bad.toml"),
+        "{err}"
+    );
+    for n in names {
+        assert!(last.contains(n), "expected {n:?} in: {err}");
+    }
+    assert!(
+        !out.join("teacher").exists(),
+        "nothing should train before the error: {err}"
+    );
+}
+
+#[test]
+fn bad_config_unknown_key() {
+    bad_config(
+        &tiny_config("one-stage", 10, "lrr = 1.0"),
+        &["distill", "lrr"],
+    );
+}
+
+#[test]
+fn bad_config_unknown_loss_kind() {
+    let t = tiny_config("one-stage", 10, "")
+        .replace("[losses.attention]", "[losses.attention]\nkind = \"foo\"");
+    bad_config(&t, &["losses.attention.kind", "foo", "line"]);
+}
+
+#[test]
+fn bad_config_layer_map_out_of_range() {
+    let t =
+        tiny_config("one-stage", 10, "").replace("[losses.hidden]", "[losses.hidden]\nmap = [7]");
+    bad_config(&t, &["losses.hidden.map"]);
+}
+
+#[test]
+fn bad_config_width_mismatch_without_projection() {
+    let t = tiny_config("one-stage", 10, "")
+        .replace("[losses.hidden]", "[losses.hidden]\nprojection = \"none\"");
+    bad_config(&t, &["losses.hidden.projection"]);
+}
+
+#[test]
+fn bad_config_head_mismatch_for_attention_kl() {
+    let t = tiny_config("one-stage", 10, "").replace(
+        "heads = 2\nintermediate = 16",
+        "heads = 4\nintermediate = 16",
+    );
+    bad_config(&t, &["losses.attention", "relation"]);
+}
+
+#[test]
+fn bad_config_vocabulary_mismatch() {
+    // A teacher folder whose embeddings are smaller than its tokenizer's vocabulary.
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = tmp.path().join("teacher");
+    let mut c = distillery_models::testing::tiny_config(&["no", "yes"]);
+    c.vocab_size = 8;
+    let m = distillery_models::random_student(
+        c,
+        1,
+        false,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let tok = tmp.path().join("tok");
+    std::fs::create_dir_all(&tok).unwrap();
+    distillery_models::testing::write_tiny_tokenizer(&tok).unwrap();
+    distillery_models::save_model(&m, &teacher, Some(&tok)).unwrap();
+    let data = tmp.path().join("d.tsv");
+    std::fs::write(
+        &data,
+        "text\tlabel\nthe cat\tyes\na dog\tno\nthe mat\tyes\na cat\tno\nthe dog\tyes\n",
+    )
+    .unwrap();
+    let t = format!(
+        r#"
+[data]
+path = {data:?}
+split = [0.6, 0.2, 0.2]
+[teacher]
+path = {teacher:?}
+[student]
+init = "teacher-layers"
+teacher_layers = [0]
+[losses.hidden]
+[losses.attention]
+[losses.logit]
+[distill]
+total_steps = 4
+"#,
+        data = data.to_str().unwrap(),
+        teacher = teacher.to_str().unwrap()
+    );
+    bad_config(&t, &["key `teacher`", "tokenizer has 21 tokens"]);
+}
+
+#[test]
+fn bad_config_missing_data_file() {
+    let t = tiny_config("one-stage", 10, "").replace(
+        "[data.synthetic]\nexamples = 240\nmin_len = 4\nmax_len = 8\nvocab_words = 10",
+        "path = \"nope/reviews.csv\"",
+    );
+    bad_config(&t, &["data.path", "nope/reviews.csv"]);
+}
+
+#[test]
+fn bad_config_missing_teacher_folder() {
+    let t = tiny_config("one-stage", 10, "").replace(
+        "[teacher.random]\nlayers = 2\nhidden = 16\nheads = 2\nintermediate = 32\n[teacher.finetune]",
+        "[teacher]\npath = \"no-such-model\"\n[teacher.finetune]",
+    );
+    bad_config(&t, &["teacher.path", "no-such-model"]);
+}
+
+#[test]
+fn bad_config_non_positive_lr() {
+    let t = tiny_config("one-stage", 10, "").replace(
+        "total_steps = 10\nlr = 3e-3",
+        "total_steps = 10\nlr = -1e-3",
+    );
+    bad_config(&t, &["distill.lr"]);
+}
+
+#[test]
+fn bad_config_zero_steps() {
+    bad_config(&tiny_config("one-stage", 0, ""), &["distill.total_steps"]);
+}
