@@ -456,3 +456,27 @@ fn bad_config_non_positive_lr() {
 fn bad_config_zero_steps() {
     bad_config(&tiny_config("one-stage", 0, ""), &["distill.total_steps"]);
 }
+
+#[test]
+fn every_shipped_config_passes_a_dry_run() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let configs = [
+        "configs/quickstart.toml",
+        "configs/rotten-tomatoes/distill.toml",
+        "configs/rotten-tomatoes/custom.toml",
+    ];
+    for c in configs {
+        let path = root.join(c);
+        let o = distillery(&["run", path.to_str().unwrap(), "--dry-run"]);
+        assert!(o.status.success(), "{c}: {}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(" steps "), "{c}: {out}");
+    }
+    // The embedded default is the quickstart file, and comparing it plans the three presets.
+    let o = distillery(&["compare", "--dry-run"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for s in ["one-stage:", "two-stage:", "three-stage:"] {
+        assert!(out.contains(s), "{out}");
+    }
+}

@@ -1,42 +1,125 @@
-//! The synthetic quickstart task: determinism, balance, the rule, no bag-of-words leak, the
-//! tokenizer, config validation and use with the rest of the crate.
+//! The synthetic quickstart task, for both rules: determinism, balance, the rule, no
+//! bag-of-words leak, the tokenizer, config validation and use with the rest of the crate.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
-use distillery_data::synthetic::{self, SyntheticConfig, LABELS, SOURCE, WORDS};
+use distillery_data::synthetic::{self, Rule, SyntheticConfig, LABELS, SOURCE, WORDS};
 use distillery_data::{
     split, BatchConfig, Batcher, DataError, Dataset, LabelOrder, LabelVocab, SplitFractions,
 };
 use distillery_models::{TextInput, TextTokenizer};
 
-fn default_data() -> Dataset {
-    synthetic::generate(&SyntheticConfig::default()).unwrap()
+const RULES: [Rule; 2] = [Rule::Order, Rule::FirstRepeated];
+
+/// The default task with `rule`.
+fn config(rule: Rule) -> SyntheticConfig {
+    SyntheticConfig {
+        rule,
+        ..SyntheticConfig::default()
+    }
+}
+
+fn data(rule: Rule) -> Dataset {
+    synthetic::generate(&config(rule)).unwrap()
 }
 
 fn tokens(text: &str) -> Vec<&str> {
     text.split(' ').collect()
 }
 
-/// The label recomputed from the text alone: `yes` iff the first word occurs again.
-fn rule(text: &str) -> &'static str {
+/// The label recomputed from the text alone: for [`Rule::Order`], `yes` iff `cat` comes before
+/// `dog`; for [`Rule::FirstRepeated`], `yes` iff the first word occurs again.
+fn label_of(rule: Rule, text: &str) -> &'static str {
     let t = tokens(text);
-    if t[1..].contains(&t[0]) {
+    let yes = match rule {
+        Rule::Order => {
+            let at = |w: &str| t.iter().position(|x| *x == w).unwrap();
+            at("cat") < at("dog")
+        }
+        Rule::FirstRepeated => t[1..].contains(&t[0]),
+    };
+    if yes {
         "yes"
     } else {
         "no"
     }
 }
 
+/// Unigram features.
+fn words_of(text: &str) -> Vec<String> {
+    tokens(text).iter().map(|w| w.to_string()).collect()
+}
+
+/// (word, position) features.
+fn positioned_words(text: &str) -> Vec<String> {
+    tokens(text)
+        .iter()
+        .enumerate()
+        .map(|(i, w)| format!("{i}:{w}"))
+        .collect()
+}
+
+/// Held-out accuracy of multinomial naive Bayes (add-one smoothing) on `feats`, trained on 75%
+/// of `ds`.
+fn naive_bayes_accuracy(ds: Dataset, feats: fn(&str) -> Vec<String>) -> f64 {
+    let splits = split(ds, SplitFractions::new(0.75, 0.0, 0.25), 3).unwrap();
+    let test = splits.test.unwrap();
+    let mut counts: HashMap<(String, &str), f64> = HashMap::new();
+    let mut totals: HashMap<&str, f64> = HashMap::new();
+    for e in &splits.train.examples {
+        let label = e.label.as_deref().unwrap();
+        for f in feats(&e.text) {
+            *counts.entry((f, label)).or_insert(0.0) += 1.0;
+            *totals.entry(label).or_insert(0.0) += 1.0;
+        }
+    }
+    let score = |text: &str, label: &str| -> f64 {
+        feats(text)
+            .into_iter()
+            .map(|f| ((counts.get(&(f, label)).copied().unwrap_or(0.0) + 1.0) / totals[label]).ln())
+            .sum()
+    };
+    let correct = test
+        .examples
+        .iter()
+        .filter(|e| {
+            let guess = if score(&e.text, "yes") > score(&e.text, "no") {
+                "yes"
+            } else {
+                "no"
+            };
+            Some(guess) == e.label.as_deref()
+        })
+        .count();
+    correct as f64 / test.len() as f64
+}
+
 #[test]
-fn same_seed_same_data_other_seed_other_data() {
-    let a = default_data();
-    let b = default_data();
+fn order_is_the_default_rule_and_rules_read_from_kebab_case() {
+    assert_eq!(Rule::default(), Rule::Order);
+    assert_eq!(SyntheticConfig::default().rule, Rule::Order);
+    let read = |json: &str| serde_json::from_str::<SyntheticConfig>(json);
+    assert_eq!(read("{}").unwrap(), SyntheticConfig::default());
+    assert_eq!(read(r#"{"rule": "order"}"#).unwrap().rule, Rule::Order);
+    let c = read(r#"{"rule": "first-repeated", "examples": 10}"#).unwrap();
+    assert_eq!((c.rule, c.examples), (Rule::FirstRepeated, 10));
+    assert!(read(r#"{"rule": "first_repeated"}"#).is_err());
+    assert_eq!(
+        serde_json::to_value(Rule::FirstRepeated).unwrap(),
+        "first-repeated"
+    );
+}
+
+#[test]
+fn first_repeated_same_seed_same_data_other_seed_other_data() {
+    let a = data(Rule::FirstRepeated);
+    let b = data(Rule::FirstRepeated);
     assert_eq!(a, b);
     let c = synthetic::generate(&SyntheticConfig {
         seed: 8,
-        ..SyntheticConfig::default()
+        ..config(Rule::FirstRepeated)
     })
     .unwrap();
     assert_eq!(c.len(), a.len());
@@ -63,7 +146,13 @@ fn same_seed_same_data_other_seed_other_data() {
 
 #[test]
 fn shape_lines_source_and_exact_balance() {
-    let ds = default_data();
+    for rule in RULES {
+        shape_lines_source_and_exact_balance_for(rule);
+    }
+}
+
+fn shape_lines_source_and_exact_balance_for(rule: Rule) {
+    let ds = data(rule);
     assert_eq!(ds.len(), 4000);
     assert_eq!(ds.source, Path::new(SOURCE));
     assert!(ds.skipped.is_empty());
@@ -83,11 +172,14 @@ fn shape_lines_source_and_exact_balance() {
         .windows(2)
         .filter(|w| w[0].label != w[1].label)
         .count();
-    assert!((1800..2200).contains(&alternations), "{alternations}");
+    assert!(
+        (1800..2200).contains(&alternations),
+        "{rule:?}: {alternations}"
+    );
 
     let odd = synthetic::generate(&SyntheticConfig {
         examples: 7,
-        ..SyntheticConfig::default()
+        ..config(rule)
     })
     .unwrap();
     let yes = odd
@@ -99,10 +191,11 @@ fn shape_lines_source_and_exact_balance() {
 }
 
 #[test]
-fn one_duplicated_word_lengths_in_bounds_and_the_rule_holds() {
+fn first_repeated_one_duplicated_word_lengths_in_bounds_and_the_rule_holds() {
     for config in [
-        SyntheticConfig::default(),
+        config(Rule::FirstRepeated),
         SyntheticConfig {
+            rule: Rule::FirstRepeated,
             examples: 500,
             min_len: 3,
             max_len: 3,
@@ -110,6 +203,7 @@ fn one_duplicated_word_lengths_in_bounds_and_the_rule_holds() {
             seed: 1,
         },
         SyntheticConfig {
+            rule: Rule::FirstRepeated,
             examples: 501,
             min_len: 4,
             max_len: 40,
@@ -141,7 +235,12 @@ fn one_duplicated_word_lengths_in_bounds_and_the_rule_holds() {
                 "{}",
                 e.text
             );
-            assert_eq!(e.label.as_deref(), Some(rule(&e.text)), "{}", e.text);
+            assert_eq!(
+                e.label.as_deref(),
+                Some(label_of(Rule::FirstRepeated, &e.text)),
+                "{}",
+                e.text
+            );
         }
         // Every length occurs (uniform draw; at least a few of each at these sizes).
         assert_eq!(
@@ -153,8 +252,8 @@ fn one_duplicated_word_lengths_in_bounds_and_the_rule_holds() {
 }
 
 #[test]
-fn bag_of_words_statistics_do_not_leak_the_label() {
-    let ds = default_data();
+fn first_repeated_bag_of_words_statistics_do_not_leak_the_label() {
+    let ds = data(Rule::FirstRepeated);
     let mut by_class: HashMap<&str, Vec<&str>> = HashMap::new();
     for e in &ds.examples {
         by_class
@@ -207,67 +306,29 @@ fn bag_of_words_statistics_do_not_leak_the_label() {
 
     // Naive Bayes on unigrams and on (word, position) pairs stays at chance on held-out data,
     // while the relational rule is exact.
-    let splits = split(ds, SplitFractions::new(0.75, 0.0, 0.25), 3).unwrap();
-    let test = splits.test.unwrap();
-    for positional in [false, true] {
-        let feats = |text: &str| -> Vec<String> {
-            tokens(text)
-                .iter()
-                .enumerate()
-                .map(|(i, w)| {
-                    if positional {
-                        format!("{i}:{w}")
-                    } else {
-                        w.to_string()
-                    }
-                })
-                .collect()
-        };
-        let mut counts: HashMap<(String, &str), f64> = HashMap::new();
-        let mut totals: HashMap<&str, f64> = HashMap::new();
-        for e in &splits.train.examples {
-            let label = e.label.as_deref().unwrap();
-            for f in feats(&e.text) {
-                *counts.entry((f, label)).or_insert(0.0) += 1.0;
-                *totals.entry(label).or_insert(0.0) += 1.0;
-            }
-        }
-        let score = |text: &str, label: &str| -> f64 {
-            feats(text)
-                .into_iter()
-                .map(|f| {
-                    ((counts.get(&(f, label)).copied().unwrap_or(0.0) + 1.0) / totals[label]).ln()
-                })
-                .sum()
-        };
-        let correct = test
-            .examples
-            .iter()
-            .filter(|e| {
-                let guess = if score(&e.text, "yes") > score(&e.text, "no") {
-                    "yes"
-                } else {
-                    "no"
-                };
-                Some(guess) == e.label.as_deref()
-            })
-            .count();
-        let accuracy = correct as f64 / test.len() as f64;
-        assert!(
-            (0.44..0.56).contains(&accuracy),
-            "positional {positional}: {accuracy}"
-        );
-    }
-    assert!(test
+    assert!(ds
         .examples
         .iter()
-        .all(|e| e.label.as_deref() == Some(rule(&e.text))));
+        .all(|e| e.label.as_deref() == Some(label_of(Rule::FirstRepeated, &e.text))));
+    for (name, feats) in [
+        ("unigram", words_of as fn(&str) -> Vec<String>),
+        ("positional", positioned_words),
+    ] {
+        let accuracy = naive_bayes_accuracy(ds.clone(), feats);
+        assert!((0.44..0.56).contains(&accuracy), "{name}: {accuracy}");
+    }
 }
 
 #[test]
 fn tokenizer_covers_every_word_as_one_token() {
+    for rule in RULES {
+        tokenizer_covers_every_word_as_one_token_for(rule);
+    }
+}
+
+fn tokenizer_covers_every_word_as_one_token_for(rule: Rule) {
     let dir = tempfile::tempdir().unwrap();
-    let config = SyntheticConfig::default();
+    let config = config(rule);
     let path = synthetic::write_tokenizer(dir.path(), &config).unwrap();
     assert_eq!(path, dir.path().join("tokenizer.json"));
     assert!(!dir.path().join("tokenizer.json.tmp").exists());
@@ -276,7 +337,7 @@ fn tokenizer_covers_every_word_as_one_token() {
     assert_eq!(tok.vocab_size(), 21);
     assert_eq!(tok.pad_id(), 0);
 
-    let ds = default_data();
+    let ds = data(rule);
     let inputs: Vec<TextInput> = ds
         .examples
         .iter()
@@ -319,7 +380,7 @@ fn tokenizer_covers_every_word_as_one_token() {
 
 #[test]
 fn invalid_configs_are_errors_naming_the_field() {
-    let ok = SyntheticConfig::default();
+    let ok = config(Rule::FirstRepeated);
     let cases = [
         (
             SyntheticConfig {
@@ -358,6 +419,29 @@ fn invalid_configs_are_errors_naming_the_field() {
             },
             "`vocab_words` must be at most 64 (the built-in word list), got 70",
         ),
+        // The order rule needs only the two markers, and `max_len − 2` distinct fillers.
+        (
+            SyntheticConfig {
+                min_len: 1,
+                ..config(Rule::Order)
+            },
+            "`min_len` must be at least 2, got 1",
+        ),
+        (
+            SyntheticConfig {
+                min_len: 0,
+                max_len: 0,
+                ..config(Rule::Order)
+            },
+            "`min_len` must be at least 2, got 0",
+        ),
+        (
+            SyntheticConfig {
+                vocab_words: 11,
+                ..config(Rule::Order)
+            },
+            "`vocab_words` must be at least max_len (12), got 11",
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     for (config, message) in cases {
@@ -371,6 +455,24 @@ fn invalid_configs_are_errors_naming_the_field() {
         assert_eq!(err.to_string(), expected);
     }
     assert!(!dir.path().join("tokenizer.json").exists());
+    // The smallest order task: "cat dog" and "dog cat".
+    let tiny = SyntheticConfig {
+        examples: 2,
+        min_len: 2,
+        max_len: 2,
+        vocab_words: 2,
+        ..config(Rule::Order)
+    };
+    let texts: HashSet<String> = synthetic::generate(&tiny)
+        .unwrap()
+        .examples
+        .into_iter()
+        .map(|e| format!("{} {}", e.text, e.label.unwrap()))
+        .collect();
+    assert_eq!(
+        texts,
+        HashSet::from(["cat dog yes".to_string(), "dog cat no".to_string()])
+    );
     let missing = dir.path().join("no/such/dir");
     let err = synthetic::write_tokenizer(&missing, &ok).unwrap_err();
     assert!(err.to_string().contains("cannot write"), "{err}");
@@ -378,7 +480,13 @@ fn invalid_configs_are_errors_naming_the_field() {
 
 #[test]
 fn generated_data_splits_batches_and_builds_a_label_vocab() {
-    let splits = split(default_data(), SplitFractions::new(0.8, 0.1, 0.1), 11).unwrap();
+    for rule in RULES {
+        generated_data_splits_batches_and_builds_a_label_vocab_for(rule);
+    }
+}
+
+fn generated_data_splits_batches_and_builds_a_label_vocab_for(rule: Rule) {
+    let splits = split(data(rule), SplitFractions::new(0.8, 0.1, 0.1), 11).unwrap();
     assert_eq!(splits.train.len(), 3200);
     let vocab = LabelVocab::from_dataset(&splits.train, LabelOrder::Sorted).unwrap();
     assert_eq!(vocab.names(), LABELS);
@@ -392,7 +500,7 @@ fn generated_data_splits_batches_and_builds_a_label_vocab() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let path = synthetic::write_tokenizer(dir.path(), &SyntheticConfig::default()).unwrap();
+    let path = synthetic::write_tokenizer(dir.path(), &config(rule)).unwrap();
     let tok = TextTokenizer::from_file(&path, 32).unwrap();
     let mut batcher = Batcher::new(
         &splits.train,
@@ -407,6 +515,188 @@ fn generated_data_splits_batches_and_builds_a_label_vocab() {
     let labels = batch.labels.unwrap();
     for (k, &i) in batch.indices.iter().enumerate() {
         let text = &splits.train.examples[i].text;
-        assert_eq!(labels[k], vocab.id(rule(text)).unwrap(), "{text}");
+        assert_eq!(labels[k], vocab.id(label_of(rule, text)).unwrap(), "{text}");
     }
+}
+
+#[test]
+fn order_same_seed_same_data_other_seed_other_data() {
+    let a = data(Rule::Order);
+    assert_eq!(a, data(Rule::Order));
+    let c = synthetic::generate(&SyntheticConfig {
+        seed: 8,
+        ..config(Rule::Order)
+    })
+    .unwrap();
+    assert_eq!(c.len(), a.len());
+    let same = a
+        .examples
+        .iter()
+        .zip(&c.examples)
+        .filter(|(x, y)| x.text == y.text)
+        .count();
+    assert!(same < 10, "{same} identical texts at the same index");
+    // The two rules give different data from the same seed.
+    assert_ne!(a, data(Rule::FirstRepeated));
+    // Pinned so that a change to the generator (or the RNG) is noticed.
+    let first: Vec<(&str, &str)> = a.examples[..2]
+        .iter()
+        .map(|e| (e.text.as_str(), e.label.as_deref().unwrap()))
+        .collect();
+    assert_eq!(
+        first,
+        [
+            ("ram cat pig cow eel yak bat hen emu dog", "yes"),
+            ("owl fox seal cat dog cow pig", "yes"),
+        ]
+    );
+}
+
+#[test]
+fn order_texts_are_distinct_words_with_one_cat_and_one_dog_and_the_rule_holds() {
+    for config in [
+        config(Rule::Order),
+        SyntheticConfig {
+            examples: 300,
+            min_len: 2,
+            max_len: 3,
+            vocab_words: 3,
+            seed: 1,
+            ..config(Rule::Order)
+        },
+        SyntheticConfig {
+            examples: 501,
+            min_len: 4,
+            max_len: 40,
+            vocab_words: 64,
+            seed: 2,
+            ..config(Rule::Order)
+        },
+    ] {
+        let ds = synthetic::generate(&config).unwrap();
+        let allowed = &WORDS[..config.vocab_words];
+        let mut lengths = BTreeMap::new();
+        for e in &ds.examples {
+            let t = tokens(&e.text);
+            let len = t.len();
+            assert!(
+                (config.min_len..=config.max_len).contains(&len),
+                "{}",
+                e.text
+            );
+            *lengths.entry(len).or_insert(0) += 1;
+            assert!(t.iter().all(|w| allowed.contains(w)), "{}", e.text);
+            assert_eq!(t.iter().collect::<HashSet<_>>().len(), len, "{}", e.text);
+            for marker in ["cat", "dog"] {
+                assert_eq!(t.iter().filter(|w| **w == marker).count(), 1, "{}", e.text);
+            }
+            assert_eq!(
+                e.label.as_deref(),
+                Some(label_of(Rule::Order, &e.text)),
+                "{}",
+                e.text
+            );
+        }
+        assert_eq!(
+            lengths.len(),
+            config.max_len - config.min_len + 1,
+            "{lengths:?}"
+        );
+    }
+
+    // The markers' positions are a uniformly random pair: at one length, each of the 15 pairs
+    // of 6 positions holds about 4000 / 15 ≈ 267 texts (twins share the pair).
+    let ds = synthetic::generate(&SyntheticConfig {
+        min_len: 6,
+        max_len: 6,
+        ..config(Rule::Order)
+    })
+    .unwrap();
+    let mut pairs: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+    for e in &ds.examples {
+        let t = tokens(&e.text);
+        let at = |w: &str| t.iter().position(|x| *x == w).unwrap();
+        let (c, d) = (at("cat"), at("dog"));
+        *pairs.entry((c.min(d), c.max(d))).or_insert(0) += 1;
+    }
+    assert_eq!(pairs.len(), 15, "{pairs:?}");
+    assert!(pairs.values().all(|n| (180..360).contains(n)), "{pairs:?}");
+}
+
+/// `text` with `cat` and `dog` swapped.
+fn swap_markers(text: &str) -> String {
+    tokens(text)
+        .iter()
+        .map(|w| match *w {
+            "cat" => "dog",
+            "dog" => "cat",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn order_examples_come_in_twins_with_the_markers_swapped() {
+    for (examples, unpaired) in [(4000, 0), (7, 1)] {
+        let ds = synthetic::generate(&SyntheticConfig {
+            examples,
+            ..config(Rule::Order)
+        })
+        .unwrap();
+        let texts = |label: &str| -> HashSet<String> {
+            ds.examples
+                .iter()
+                .filter(|e| e.label.as_deref() == Some(label))
+                .map(|e| e.text.clone())
+                .collect()
+        };
+        let (yes, no) = (texts("yes"), texts("no"));
+        // Every text is unique here, so twins pair the classes one to one.
+        assert_eq!(yes.len() + no.len(), examples);
+        let twinned: HashSet<String> = yes.iter().map(|t| swap_markers(t)).collect();
+        assert_eq!(twinned.difference(&no).count(), unpaired);
+        assert!(no.is_subset(&twinned));
+    }
+}
+
+#[test]
+fn order_bag_of_words_is_at_chance_but_positions_are_informative() {
+    let ds = data(Rule::Order);
+    // Twins make the per-class word and length counts identical, not just close.
+    let mut bags: HashMap<&str, BTreeMap<(&str, usize), usize>> = HashMap::new();
+    for e in &ds.examples {
+        let t = tokens(&e.text);
+        let bag = bags.entry(e.label.as_deref().unwrap()).or_default();
+        for w in &t {
+            *bag.entry((w, 0)).or_insert(0) += 1;
+        }
+        *bag.entry(("<len>", t.len())).or_insert(0) += 1;
+    }
+    assert_eq!(bags["yes"], bags["no"]);
+
+    let unigram = naive_bayes_accuracy(ds.clone(), words_of);
+    assert!((0.44..0.56).contains(&unigram), "unigram: {unigram}");
+
+    // One marker's position is partly informative (`cat` first ⇒ `yes`, last ⇒ `no`).
+    fn cat_position(text: &str) -> Vec<String> {
+        positioned_words(text)
+            .into_iter()
+            .filter(|f| f.ends_with(":cat"))
+            .collect()
+    }
+    let cat_only = naive_bayes_accuracy(ds.clone(), cat_position);
+    // Both markers' positions together nearly decide the label: it is linear in (word,
+    // position) features, `yes` iff pos(dog) − pos(cat) > 0, and naive Bayes learns a close
+    // approximation of that score. The module doc quotes these figures.
+    let positional = naive_bayes_accuracy(ds, positioned_words);
+    println!(
+        "order rule, held-out naive Bayes: unigram {unigram:.3}, \
+         cat's position {cat_only:.3}, (word, position) {positional:.3}"
+    );
+    assert!((0.6..0.9).contains(&cat_only), "cat's position: {cat_only}");
+    assert!(
+        (0.9..=1.0).contains(&positional),
+        "(word, position): {positional}"
+    );
 }

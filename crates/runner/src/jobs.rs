@@ -20,6 +20,7 @@ pub struct JobArgs {
     pub resume: bool,
     pub device: Option<String>,
     pub quiet: bool,
+    pub dry_run: bool,
 }
 
 fn load(args: &JobArgs) -> Result<Config> {
@@ -57,8 +58,11 @@ pub fn run(args: &JobArgs) -> Result<()> {
     let config = load(args)?;
     let device = device(&config, args.device.as_deref())?;
     let out = out_dir(args);
-    let task = crate::task::prepare(&config, &out)?;
     let choice = config.schedule_choice();
+    if args.dry_run {
+        return dry_run(&config, &[choice]);
+    }
+    let task = crate::task::prepare(&config, &out)?;
     check_early(&config, &task, &[choice])?;
     let teacher = crate::teacher::prepare(&config, &task, &out, &device, args.quiet)?;
     let s = run_schedule(
@@ -96,6 +100,9 @@ pub fn compare(args: &JobArgs, schedules: Option<&str>) -> Result<()> {
     };
     let device = device(&config, args.device.as_deref())?;
     let out = out_dir(args);
+    if args.dry_run {
+        return dry_run(&config, &choices);
+    }
     let task = crate::task::prepare(&config, &out)?;
     check_early(&config, &task, &choices)?;
     let teacher = crate::teacher::prepare(&config, &task, &out, &device, args.quiet)?;
@@ -138,6 +145,57 @@ fn check_early(
     }
     let (t, s) = crate::teacher::planned_configs(config, task)?;
     config.check_models_for(choices, &t, &s, task.tokenizer.vocab_size())
+}
+
+/// Reads the data and checks every schedule against the planned models, writing nothing but
+/// the planned stages to stdout.
+fn dry_run(config: &Config, choices: &[ScheduleChoice]) -> Result<()> {
+    let scratch = tempfile::tempdir().context("creating a scratch folder")?;
+    let task = crate::task::prepare(config, scratch.path())?;
+    check_early(config, &task, choices)?;
+    let train = distillery_data::Batcher::new(
+        &task.splits.train,
+        &task.tokenizer,
+        Some(&task.vocab),
+        config.train_batches(),
+    )?;
+    let per_epoch = train.batches_per_epoch();
+    println!(
+        "{}: {} train / {} dev / {} test examples, labels {:?}, {per_epoch} batches per epoch",
+        config.source().display(),
+        task.splits.train.len(),
+        task.splits.dev.as_ref().map_or(0, |d| d.len()),
+        task.splits.test.as_ref().map_or(0, |d| d.len()),
+        task.vocab.names()
+    );
+    if let Some(f) = config.finetune_schedule(per_epoch)? {
+        println!("teacher fine-tuning: {} steps", f.total_steps());
+    }
+    for &c in choices {
+        let s = config.schedule(c, per_epoch)?;
+        println!("{}:", c.name());
+        for st in &s.stages {
+            let losses: Vec<String> = st
+                .losses
+                .iter()
+                .map(|l| format!("{}×{}", l.kind_name(), l.weight()))
+                .collect();
+            println!(
+                "  {:<16} {:>6} steps  lr {:.1e} (warm-up {})  {}{}",
+                st.name,
+                st.steps,
+                st.lr.peak,
+                st.lr.warmup_steps,
+                losses.join(" + "),
+                if st.params.frozen.is_empty() {
+                    String::new()
+                } else {
+                    format!("  frozen {:?}", st.params.frozen)
+                }
+            );
+        }
+    }
+    Ok(())
 }
 
 fn print_summary(s: &Summary) {

@@ -54,6 +54,10 @@ struct JobFlags {
     /// No progress bar or per-stage lines.
     #[arg(long)]
     quiet: bool,
+    /// Read the data, check the config against the models' shapes, print the planned stages;
+    /// train nothing, write nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 impl JobFlags {
@@ -64,6 +68,7 @@ impl JobFlags {
             resume: self.resume,
             device: self.device,
             quiet: self.quiet,
+            dry_run: self.dry_run,
         }
     }
 }

@@ -537,6 +537,7 @@ impl Config {
             max_len: s.max_len.unwrap_or(d.max_len),
             vocab_words: s.vocab_words.unwrap_or(d.vocab_words),
             seed: s.seed.unwrap_or(self.seed),
+            rule: s.rule.unwrap_or(d.rule),
         })
     }
 

@@ -151,6 +151,8 @@ pub struct SyntheticSection {
     pub vocab_words: Option<usize>,
     /// Default: the top-level `seed`.
     pub seed: Option<u64>,
+    /// `order` (default) or `first-repeated`.
+    pub rule: Option<distillery_data::synthetic::Rule>,
 }
 
 /// `[teacher]`: exactly one of `path` or `[teacher.random]`.
