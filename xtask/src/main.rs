@@ -5,6 +5,9 @@
 //! cargo xtask bench attention-kl [--json] [--iters N]
 //!                                      fused vs slow vs PyTorch attention KL, fwd + bwd
 //! cargo xtask bench ops                per-op cost of one MiniLM layer (profiling aid)
+//! cargo xtask bench step [--json] [--iters N]
+//!                                      one distillation step (MiniLM teacher, 3-layer student,
+//!                                      b32 x s128, all three losses, AdamW) vs PyTorch eager
 //! cargo xtask export-check             a saved student loads in Python transformers, same outputs
 //! cargo xtask kernels [--check] [--no-emulate] [--tsan]
 //!                                      CUDA kernels: nvcc → committed PTX (sm_80, sm_90),
@@ -17,6 +20,7 @@ use anyhow::{bail, Context, Result};
 mod bench_attention_kl;
 mod bench_forward;
 mod bench_ops;
+mod bench_step;
 mod export_check;
 mod gpu_check;
 mod kernels;
@@ -45,6 +49,11 @@ fn main() -> Result<()> {
         ["fixtures"] => util::run_script("scripts/fetch-fixtures.sh"),
         ["bench", "forward"] => bench_forward::run(json, &args),
         ["bench", "ops"] => bench_ops::run(),
+        ["bench", "step"] => bench_step::run(json, &args),
+        // Internal: the measured process of `bench step`.
+        ["bench-step-child", model, iters, mode] => {
+            bench_step::child(model, iters.parse().context("iterations")?, mode)
+        }
         ["export-check"] => export_check::run(),
         ["bench", "attention-kl"] => bench_attention_kl::run(json, &args),
         ["kernels"] => kernels::run(&args),
@@ -55,7 +64,7 @@ fn main() -> Result<()> {
         // Internal: the measured process of `bench forward`, so its peak RSS is its own.
         ["bench-forward-child", model, iters] => bench_forward::child(model, iters.parse().context("iterations")?),
         _ => bail!(
-            "usage: cargo xtask fixtures | cargo xtask bench (forward|attention-kl|ops) [--json] [--iters N] | cargo xtask kernels [--check] [--no-emulate] [--tsan] | cargo xtask gpu-check [--dev]\n(got {:?})",
+            "usage: cargo xtask fixtures | cargo xtask bench (forward|attention-kl|ops|step) [--json] [--iters N] | cargo xtask kernels [--check] [--no-emulate] [--tsan] | cargo xtask gpu-check [--dev]\n(got {:?})",
             args
         ),
     }

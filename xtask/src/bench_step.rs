@@ -1,0 +1,269 @@
+//! `cargo xtask bench step`: one one-stage distillation step at the shape of all-MiniLM-L6-v2 as
+//! teacher and a 3-layer student copied from its layers 0, 2, 4 (same width), batch 32 x seq 128:
+//! hidden MSE with a learned projection (embeddings + uniform map), streaming attention KL on the
+//! mapped layers, logit KD (T = 2), AdamW — through the real trainer (`distillery_stages`), in
+//! its own process so that the peak RSS is its own; then the same step in PyTorch eager
+//! (`scripts/bench/step_torch.py`) when a Python with torch is available.
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use candle_nn::VarMap;
+use distillery_data::{BatchConfig, Batcher, Dataset, Example, LabelOrder, LabelVocab};
+use distillery_losses::{
+    AttentionKind, AttentionLoss, HiddenKind, HiddenLoss, LayerMap, LogitKind, LogitLoss,
+    Projection,
+};
+use distillery_models::{
+    load_model, save_model, student_from_teacher, with_new_head, LoadOptions, TextTokenizer,
+};
+use distillery_stages::{
+    AdamW, Decay, Event, LossTerm, LrSchedule, Models, Observer, ParamGroups, Schedule, Stage,
+    Trainer, TrainerConfig,
+};
+
+use crate::util;
+
+const BATCH: usize = 32;
+const SEQ: usize = 128;
+/// Where the teacher's outputs come from: its forward pass, or (later) the cache.
+const MODES: [&str; 1] = ["teacher"];
+
+pub fn run(json: bool, args: &[String]) -> Result<()> {
+    let iters: usize = util::flag(args, "--iters")
+        .unwrap_or("10")
+        .parse()
+        .context("--iters")?;
+    let model = util::root().join("fixtures/all-MiniLM-L6-v2");
+    if !model.join("model.safetensors").is_file() {
+        bail!(
+            "{}: missing; run `cargo xtask fixtures` first",
+            model.display()
+        );
+    }
+    let model_s = model.to_str().context("non-UTF-8 path")?;
+    let exe = std::env::current_exe()?;
+    let mut rows = Vec::new();
+    for mode in MODES {
+        let out = Command::new(&exe)
+            .args(["bench-step-child", model_s, &iters.to_string(), mode])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "candle step bench ({mode}) failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        rows.push(serde_json::from_slice::<serde_json::Value>(&out.stdout)?);
+    }
+    match util::python_with_torch() {
+        Some(py) => {
+            let script = util::root().join("scripts/bench/step_torch.py");
+            let out = Command::new(py)
+                .arg(script)
+                .args([
+                    model_s,
+                    &BATCH.to_string(),
+                    &SEQ.to_string(),
+                    &iters.to_string(),
+                ])
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "pytorch step bench failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let last = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .to_string();
+            rows.push(serde_json::from_str(&last)?);
+        }
+        None => eprintln!("(no Python with torch + transformers: PyTorch baseline skipped)"),
+    }
+    for r in &rows {
+        if json {
+            println!("{r}");
+        } else {
+            println!(
+                "{:<28} median {:>8.1} ms   peak RSS {:>7.0} MiB{}",
+                r["impl"].as_str().unwrap_or("?"),
+                r["median_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
+                r["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
+                r["import_baseline_rss_mib"]
+                    .as_f64()
+                    .map_or(String::new(), |b| format!(" (import baseline {b:.0} MiB)"))
+            );
+        }
+    }
+    let by = |name: &str| rows.iter().find(|r| r["impl"].as_str() == Some(name));
+    if let (Some(c), Some(t)) = (by("distillery-step-teacher"), by("pytorch-eager")) {
+        let ratio =
+            c["median_s"].as_f64().unwrap_or(f64::NAN) / t["median_s"].as_f64().unwrap_or(f64::NAN);
+        let budget = t["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+            - t["import_baseline_rss_mib"].as_f64().unwrap_or(f64::NAN);
+        if !json {
+            println!("step time ratio distillery / pytorch: {ratio:.2} (goal <= 1.0)");
+            println!(
+                "peak RSS {:.0} MiB vs pytorch's minus its import baseline {budget:.0} MiB",
+                c["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Step durations from the trainer's reports.
+#[derive(Default)]
+struct Timer {
+    secs: Vec<f64>,
+}
+
+impl Observer for Timer {
+    fn on_event(&mut self, event: &Event) {
+        if let Event::Step(s) = event {
+            self.secs.push(s.examples as f64 / s.examples_per_sec);
+        }
+    }
+}
+
+/// Texts long enough to fill 128 tokens, different per example.
+fn dataset() -> Dataset {
+    const WORDS: [&str; 16] = [
+        "the", "film", "was", "quite", "good", "but", "its", "ending", "felt", "rushed", "and",
+        "the", "actors", "seemed", "tired", "today",
+    ];
+    let examples = (0..BATCH * 4)
+        .map(|i| Example {
+            text: (0..200)
+                .map(|j| WORDS[(i * 7 + j * 3 + j / 5) % WORDS.len()])
+                .collect::<Vec<_>>()
+                .join(" "),
+            pair: None,
+            label: Some(if i % 2 == 0 { "pos" } else { "neg" }.into()),
+            line: i + 1,
+        })
+        .collect();
+    Dataset {
+        source: "<bench>".into(),
+        examples,
+        skipped: Vec::new(),
+    }
+}
+
+pub fn child(model_dir: &str, iters: usize, mode: &str) -> Result<()> {
+    let dir = std::path::Path::new(model_dir);
+    // A two-class head on the teacher, saved and reloaded frozen (memory-mapped, no Vars).
+    let tmp = tempfile_dir()?;
+    let base = load_model(
+        dir,
+        &LoadOptions {
+            trainable: true,
+            ..LoadOptions::default()
+        },
+    )?;
+    let labels = vec!["neg".to_string(), "pos".to_string()];
+    save_model(&with_new_head(&base, &labels, 1)?, &tmp, Some(dir))?;
+    drop(base);
+    let teacher = load_model(&tmp, &LoadOptions::default())?;
+    let student = student_from_teacher(&teacher, &[0, 2, 4], 2)?;
+    let vars = VarMap::new();
+    let h = teacher.config.hidden_size;
+    let proj = vec![Projection::new(
+        &vars,
+        "projection.hidden",
+        h,
+        h,
+        3,
+        &Device::Cpu,
+    )?];
+    let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"), SEQ)?;
+    let data = dataset();
+    let vocab = LabelVocab::from_dataset(&data, LabelOrder::Sorted)?;
+    let mut batcher = Batcher::new(&data, &tok, Some(&vocab), BatchConfig::shuffled(BATCH, 1))?;
+    let stage = Stage {
+        name: "I".into(),
+        losses: vec![
+            LossTerm::Hidden {
+                loss: HiddenLoss {
+                    kind: HiddenKind::Mse,
+                    include_embeddings: true,
+                },
+                map: LayerMap::Uniform,
+                weight: 1.0,
+            },
+            LossTerm::Attention {
+                loss: AttentionLoss {
+                    kind: AttentionKind::Kl,
+                },
+                map: LayerMap::Uniform,
+                weight: 1.0,
+            },
+            LossTerm::Logit {
+                loss: LogitLoss {
+                    kind: LogitKind::Kl,
+                    temperature: 2.0,
+                },
+                weight: 1.0,
+            },
+        ],
+        steps: iters + 1,
+        optimizer: AdamW::default(),
+        lr: LrSchedule {
+            peak: 1e-4,
+            warmup_steps: 0,
+            decay: Decay::Constant,
+            min_ratio: 0.0,
+        },
+        params: ParamGroups::default(),
+        carry_optimizer: false,
+        eval_every: 0,
+        checkpoint_every: 0,
+    };
+    let schedule = Schedule {
+        stages: vec![stage],
+    };
+    if mode != "teacher" {
+        bail!("unknown step-bench mode {mode:?}");
+    }
+    let mut trainer = Trainer::new(
+        Models {
+            teacher: Some(&teacher),
+            student: &student,
+            projections: &proj,
+            projection_vars: Some(&vars),
+        },
+        None,
+        TrainerConfig {
+            seed: 1,
+            checkpoints: None,
+            stop_after: None,
+        },
+    )?;
+    let mut timer = Timer::default();
+    trainer.run(&schedule, &mut batcher, &mut [&mut timer], None)?;
+    let mut times: Vec<f64> = timer.secs.into_iter().skip(1).collect(); // the first is warm-up
+    let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let _ = std::fs::remove_dir_all(&tmp);
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": format!("distillery-step-{mode}"),
+            "batch": BATCH, "seq": SEQ,
+            "median_s": util::median(&mut times),
+            "min_s": min,
+            "peak_rss_mib": util::peak_rss_mib(),
+            "dtype": format!("{:?}", DType::F32),
+        })
+    );
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let p = std::env::temp_dir().join(format!("distillery-bench-step-{}", std::process::id()));
+    std::fs::create_dir_all(&p)?;
+    Ok(p)
+}
