@@ -169,25 +169,58 @@ fn run_writes_every_file_and_the_student_reproduces_its_dev_metric() {
             .unwrap();
         assert_eq!(r["label"].as_str().unwrap(), best.0);
     }
-    // A finished run is never overwritten.
-    let before = std::fs::read(out.join("student/model.safetensors")).unwrap();
+    // Without --output, predictions go to stdout.
+    let o = distillery(&[
+        "predict",
+        "--model",
+        out.join("student").to_str().unwrap(),
+        "--input",
+        texts.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 2);
+    // A finished run is never overwritten, not even its data files, by this config or another.
+    let files = [
+        "student/model.safetensors",
+        "data/dev.jsonl",
+        "summary.json",
+        "run.json",
+    ];
+    let before: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(out.join(f)).unwrap())
+        .collect();
+    let other_text = tiny_config("one-stage", 40, "").replace("seed = 3", "seed = 4");
+    let other = write_config(tmp.path(), "other.toml", &other_text);
+    let (o_s, c_s) = (out.to_str().unwrap(), cfg.to_str().unwrap());
+    for c in [c_s, other.to_str().unwrap()] {
+        let o = distillery(&["run", c, "--out", o_s, "--quiet"]);
+        assert!(!o.status.success());
+        assert!(
+            stderr(&o).contains("already holds a finished run"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    // --resume with another config is refused too; with the same one it reports the finished run.
     let o = distillery(&[
         "run",
-        cfg.to_str().unwrap(),
+        other.to_str().unwrap(),
         "--out",
-        out.to_str().unwrap(),
+        o_s,
+        "--resume",
         "--quiet",
     ]);
-    assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("already holds a finished run"),
+        stderr(&o).contains("another config or other data"),
         "{}",
         stderr(&o)
     );
-    assert_eq!(
-        before,
-        std::fs::read(out.join("student/model.safetensors")).unwrap()
-    );
+    let o = distillery(&["run", c_s, "--out", o_s, "--resume", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (f, b) in files.iter().zip(&before) {
+        assert_eq!(b, &std::fs::read(out.join(f)).unwrap(), "{f} changed");
+    }
 }
 
 fn step_losses(out: &Path) -> Vec<(u64, f64)> {
@@ -272,8 +305,19 @@ fn a_run_killed_mid_stage_and_resumed_ends_with_the_same_bits() {
         std::fs::read(killed.join("student/model.safetensors")).unwrap(),
         "resumed student differs from the uninterrupted one"
     );
-    // The metrics file reads as one uninterrupted run with the same losses.
+    // The metrics file reads as one uninterrupted run: every line (steps, evaluations, stage
+    // ends) the same but for the measured throughput.
     assert_eq!(step_losses(&full), step_losses(&killed));
+    let lines = |dir: &Path| -> Vec<Value> {
+        read_jsonl(&dir.join("metrics.jsonl"))
+            .into_iter()
+            .map(|mut v| {
+                v.as_object_mut().unwrap().remove("examples_per_sec");
+                v
+            })
+            .collect()
+    };
+    assert_eq!(lines(&full), lines(&killed));
 }
 
 #[test]
@@ -301,10 +345,26 @@ fn compare_writes_a_table_and_a_plot_for_each_schedule() {
     for s in ["one-stage", "two-stage", "three-stage", "teacher"] {
         assert!(svg.contains(s), "{s} missing from the plot");
     }
-    // Equal budget: every schedule ran 12 steps.
+    // Equal budget: every schedule ran 12 steps; the table shows each run's own figures.
     let rows = read_json(&out.join("comparison.json"));
     for r in rows.as_array().unwrap() {
         assert_eq!(r["steps"], 12);
+        let line = md
+            .lines()
+            .find(|l| l.starts_with(&format!("| {} |", r["schedule"].as_str().unwrap())))
+            .unwrap();
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let acc = |m: &Value| format!("{:.4}", m["accuracy"].as_f64().unwrap());
+        assert_eq!(cells[3], acc(&r["dev"]), "{line}");
+        assert_eq!(cells[4], acc(&r["test"]), "{line}");
+        assert_eq!(
+            cells[5],
+            format!("{} / {}", acc(&r["teacher_dev"]), acc(&r["teacher_test"]))
+        );
+        let kept = 100.0 * r["test"]["accuracy"].as_f64().unwrap()
+            / r["teacher_test"]["accuracy"].as_f64().unwrap();
+        assert_eq!(cells[6], format!("{kept:.1}% (test)"), "{line}");
+        assert_eq!(cells[7], r["student_parameters"].to_string());
     }
     // The teacher was trained once and shared.
     assert!(out.join("teacher/teacher.json").is_file());
@@ -479,4 +539,14 @@ fn every_shipped_config_passes_a_dry_run() {
     for s in ["one-stage:", "two-stage:", "three-stage:"] {
         assert!(out.contains(s), "{out}");
     }
+}
+
+#[test]
+fn bad_config_empty_test_split() {
+    let t =
+        tiny_config("one-stage", 10, "").replace("[data]", "[data]\nsplit = [0.899, 0.1, 0.001]");
+    bad_config(
+        &t,
+        &["key `data.split`", "test split of <synthetic> is empty"],
+    );
 }

@@ -58,6 +58,16 @@ impl Config {
         self.check().map_err(|e| e.in_file(&self.source))
     }
 
+    /// Every parsed value, not where the file lives: what [`crate::fingerprint`] hashes.
+    pub fn fingerprint_text(&self) -> String {
+        let bare = Config {
+            source: PathBuf::new(),
+            base_dir: PathBuf::new(),
+            ..self.clone()
+        };
+        format!("{bare:?}")
+    }
+
     /// The file the config came from (its display name for a parsed string).
     pub fn source(&self) -> &Path {
         &self.source

@@ -33,7 +33,9 @@ fn load(args: &DataArgs) -> Result<(BertModel, TextTokenizer, LabelVocab)> {
             args.model.display()
         );
     }
-    let tok = TextTokenizer::from_file(&args.model.join("tokenizer.json"), args.max_len)
+    // Never longer than the model's position table (a small student may have fewer than 128).
+    let max_len = args.max_len.min(model.config.max_position_embeddings);
+    let tok = TextTokenizer::from_file(&args.model.join("tokenizer.json"), max_len)
         .with_context(|| format!("loading the tokenizer of {}", args.model.display()))?;
     let vocab = LabelVocab::from_names(model.config.labels.iter().cloned())?;
     Ok((model, tok, vocab))
@@ -58,12 +60,16 @@ pub fn eval(args: &DataArgs) -> Result<()> {
     rc.format = format(&args.format)?;
     let data = read_dataset(&args.data, &rc)?;
     let set = EvalSet::new(&data, &tok, &vocab, args.batch_size, &Device::Cpu)?;
+    if set.is_empty() {
+        bail!("{}: no examples to evaluate", args.data.display());
+    }
     let m = set.evaluate(&model)?;
     println!("{}", serde_json::to_string(&m)?);
     Ok(())
 }
 
-pub fn predict(args: &DataArgs, output: &std::path::Path) -> Result<()> {
+/// Writes to `output`, or to stdout when `None`.
+pub fn predict(args: &DataArgs, output: Option<&std::path::Path>) -> Result<()> {
     let (model, tok, vocab) = load(args)?;
     let mut columns = ColumnSpec::text(args.text.clone());
     columns.text_pair = args.text_pair.clone();
@@ -113,8 +119,16 @@ pub fn predict(args: &DataArgs, output: &std::path::Path) -> Result<()> {
             out.push('\n');
         }
     }
-    crate::fsutil::write_atomic(output, out.as_bytes())?;
-    let _ = std::io::stderr().flush();
-    eprintln!("predicted {} texts into {}", data.len(), output.display());
+    match output {
+        Some(path) => {
+            crate::fsutil::write_atomic(path, out.as_bytes())?;
+            eprintln!("predicted {} texts into {}", data.len(), path.display());
+        }
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(out.as_bytes())?;
+            stdout.flush()?;
+        }
+    }
     Ok(())
 }

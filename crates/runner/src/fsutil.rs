@@ -21,8 +21,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })?;
     tmp.write_all(bytes)
         .and_then(|_| tmp.flush())
+        .and_then(|_| tmp.as_file().sync_all())
         .with_context(|| format!("{}: write failed", path.display()))?;
     tmp.persist(path)
         .with_context(|| format!("{}: cannot write", path.display()))?;
+    // Make the rename durable too (best effort).
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(())
 }

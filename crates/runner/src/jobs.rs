@@ -54,6 +54,23 @@ fn out_dir(args: &JobArgs) -> PathBuf {
     })
 }
 
+/// Reads the data, then claims `out` (see [`crate::fingerprint`]) before writing anything.
+fn start(
+    config: &Config,
+    out: &Path,
+    resume: bool,
+    choices: &[ScheduleChoice],
+) -> Result<(crate::task::Task, tempfile::TempDir)> {
+    let scratch = tempfile::tempdir().context("creating a scratch folder")?;
+    let mut task = crate::task::prepare(config, scratch.path())?;
+    check_early(config, &task, choices)?;
+    let fingerprint = crate::fingerprint::of(config, task.digest())?;
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    crate::fingerprint::claim(out, &fingerprint, resume)?;
+    task.persist(out, scratch.path())?;
+    Ok((task, scratch))
+}
+
 pub fn run(args: &JobArgs) -> Result<()> {
     let config = load(args)?;
     let device = device(&config, args.device.as_deref())?;
@@ -62,8 +79,7 @@ pub fn run(args: &JobArgs) -> Result<()> {
     if args.dry_run {
         return dry_run(&config, &[choice]);
     }
-    let task = crate::task::prepare(&config, &out)?;
-    check_early(&config, &task, &[choice])?;
+    let (task, _scratch) = start(&config, &out, args.resume, &[choice])?;
     let teacher = crate::teacher::prepare(&config, &task, &out, &device, args.quiet)?;
     let s = run_schedule(
         &config,
@@ -103,8 +119,7 @@ pub fn compare(args: &JobArgs, schedules: Option<&str>) -> Result<()> {
     if args.dry_run {
         return dry_run(&config, &choices);
     }
-    let task = crate::task::prepare(&config, &out)?;
-    check_early(&config, &task, &choices)?;
+    let (task, _scratch) = start(&config, &out, args.resume, &choices)?;
     let teacher = crate::teacher::prepare(&config, &task, &out, &device, args.quiet)?;
     let mut rows: Vec<Summary> = Vec::new();
     let mut metrics = Vec::new();

@@ -9,6 +9,7 @@ mod config;
 mod distill;
 mod embed;
 mod evaluate;
+mod fingerprint;
 mod fsutil;
 mod inspect;
 mod jobs;
@@ -141,9 +142,9 @@ enum Command {
         /// A text file (one text per line) or a TSV / CSV / JSONL file.
         #[arg(long)]
         input: PathBuf,
-        /// The JSONL file to write (replaced only once complete).
+        /// The JSONL file to write (replaced only once complete); stdout when not given.
         #[arg(long)]
-        output: PathBuf,
+        output: Option<PathBuf>,
     },
     /// Embed one text per input line; write one JSON object per line: {"text", "embedding"}.
     Embed {
@@ -202,7 +203,7 @@ fn main() -> ExitCode {
             flags,
             input,
             output,
-        } => evaluate::predict(&flags.into_args(input, String::new()), &output),
+        } => evaluate::predict(&flags.into_args(input, String::new()), output.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

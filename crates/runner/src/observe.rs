@@ -61,10 +61,12 @@ impl Observer for Progress {
                 stage_index,
                 stage,
                 steps,
+                done,
                 ..
             } => {
                 self.bar.reset();
                 self.bar.set_length(*steps as u64);
+                self.bar.set_position(*done as u64);
                 self.bar.set_prefix(format!(
                     "{} stage {}/{} {stage}",
                     self.label,
@@ -73,9 +75,6 @@ impl Observer for Progress {
                 ));
             }
             Event::Step(s) => {
-                if self.bar.length() != Some(0) && s.step == 1 {
-                    self.bar.set_position(0);
-                }
                 self.bar.set_position(s.step as u64);
                 let terms: Vec<String> = s
                     .terms

@@ -166,7 +166,7 @@ pub fn write_comparison(out: &Path, rows: &[Summary], metrics: &[Vec<Value>]) ->
             metric(r.teacher_test.as_ref())
         );
     }
-    let _ = writeln!(md, "| schedule | stages (steps) | dev accuracy | test accuracy | teacher test accuracy | share of teacher kept | student parameters | wall time (s) |\n|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "| schedule | stages (steps) | dev accuracy | test accuracy | teacher dev / test accuracy | share of teacher kept | student parameters | wall time (s) |\n|---|---|---|---|---|---|---|---|");
     for r in rows {
         let stages: Vec<String> = r
             .stages
@@ -176,22 +176,24 @@ pub fn write_comparison(out: &Path, rows: &[Summary], metrics: &[Vec<Value>]) ->
         let acc = |m: Option<&distillery_stages::Metrics>| {
             m.map_or("–".to_string(), |m| format!("{:.4}", m.accuracy))
         };
-        let kept = match (
-            r.test.as_ref().or(r.dev.as_ref()),
-            r.teacher_test.as_ref().or(r.teacher_dev.as_ref()),
-        ) {
-            (Some(s), Some(t)) if t.accuracy > 0.0 => {
-                format!("{:.1}%", 100.0 * s.accuracy / t.accuracy)
+        // Student over teacher on the same split: test when there is one, else dev.
+        let kept = match (&r.test, &r.teacher_test, &r.dev, &r.teacher_dev) {
+            (Some(s), Some(t), _, _) if t.accuracy > 0.0 => {
+                format!("{:.1}% (test)", 100.0 * s.accuracy / t.accuracy)
+            }
+            (_, _, Some(s), Some(t)) if t.accuracy > 0.0 => {
+                format!("{:.1}% (dev)", 100.0 * s.accuracy / t.accuracy)
             }
             _ => "–".into(),
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {kept} | {} | {:.1} |",
+            "| {} | {} | {} | {} | {} / {} | {kept} | {} | {:.1} |",
             r.schedule,
             stages.join("; "),
             acc(r.dev.as_ref()),
             acc(r.test.as_ref()),
+            acc(r.teacher_dev.as_ref()),
             acc(r.teacher_test.as_ref()),
             r.student_parameters,
             r.wall_secs

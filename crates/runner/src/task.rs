@@ -34,14 +34,17 @@ pub fn teacher_folder_config(config: &Config) -> Result<Option<(PathBuf, BertCon
     }
 }
 
-pub fn prepare(config: &Config, out: &Path) -> Result<Task> {
+/// Reads (or generates) the data and loads the tokenizer. Writes nothing but, for the synthetic
+/// task, its tokenizer into `scratch`; [`Task::persist`] writes into the output folder once the
+/// runner has checked that it may.
+pub fn prepare(config: &Config, scratch: &Path) -> Result<Task> {
     let (splits, tokenizer_dir) = match config.synthetic_config() {
         Some(syn) => {
             let data = synthetic::generate(&syn)?;
             let f = config.data.split.as_deref().unwrap_or(&DEFAULT_SPLIT);
             let fractions = SplitFractions::new(f[0], f[1], f[2]);
             let seed = config.data.split_seed.unwrap_or(config.seed);
-            let dir = out.join("tokenizer");
+            let dir = scratch.join("tokenizer");
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("{}: cannot create", dir.display()))?;
             synthetic::write_tokenizer(&dir, &syn)?;
@@ -91,8 +94,12 @@ pub fn prepare(config: &Config, out: &Path) -> Result<Task> {
         );
     }
     for (name, d) in [("dev", &splits.dev), ("test", &splits.test)] {
-        if let Some(d) = d {
-            write_split(&out.join("data").join(format!("{name}.jsonl")), d)?;
+        if let Some(d) = d.as_ref().filter(|d| d.is_empty()) {
+            bail!(
+                "{}: key `data.split`: the {name} split of {} is empty; give more data, a larger fraction for it, or 0 to have none",
+                config.source().display(),
+                d.source.display()
+            );
         }
     }
     Ok(Task {
@@ -101,6 +108,44 @@ pub fn prepare(config: &Config, out: &Path) -> Result<Task> {
         tokenizer,
         tokenizer_dir,
     })
+}
+
+impl Task {
+    /// A digest of every example of every split (text, pair, label, in order): part of the
+    /// output folder's fingerprint, so that changed data is never mixed into a resumed run.
+    pub fn digest(&self) -> u64 {
+        let mut h = crate::fingerprint::Fnv::new();
+        for (i, d) in std::iter::once(&self.splits.train)
+            .chain(&self.splits.dev)
+            .chain(&self.splits.test)
+            .enumerate()
+        {
+            h.write(&[i as u8]);
+            for e in &d.examples {
+                h.write_str(&e.text);
+                h.write_str(e.pair.as_deref().unwrap_or("\u{0}"));
+                h.write_str(e.label.as_deref().unwrap_or("\u{0}"));
+            }
+        }
+        h.finish()
+    }
+
+    /// Writes the dev and test splits to `out/data/` (for `distillery eval`) and, for the
+    /// synthetic task, its tokenizer to `out/tokenizer/`, which saved models then copy.
+    pub fn persist(&mut self, out: &Path, scratch: &Path) -> Result<()> {
+        for (name, d) in [("dev", &self.splits.dev), ("test", &self.splits.test)] {
+            if let Some(d) = d {
+                write_split(&out.join("data").join(format!("{name}.jsonl")), d)?;
+            }
+        }
+        if self.tokenizer_dir.starts_with(scratch) {
+            let dir = out.join("tokenizer");
+            let bytes = std::fs::read(self.tokenizer_dir.join("tokenizer.json"))?;
+            crate::fsutil::write_atomic(&dir.join("tokenizer.json"), &bytes)?;
+            self.tokenizer_dir = dir;
+        }
+        Ok(())
+    }
 }
 
 /// `{"text": .., ["text_pair": ..,] "label": ..}` per line.

@@ -161,6 +161,7 @@ impl CheckpointDir {
         } else {
             std::fs::rename(&tmp, &fin).map_err(|e| io_err(&fin, e))?;
         }
+        sync_dir(&self.root);
         self.prune(state.best.map(|b| b.global_step))?;
         Ok(fin)
     }
@@ -177,16 +178,24 @@ impl CheckpointDir {
         Ok(())
     }
 
-    /// Removes temporary folders a killed run left behind.
+    /// Removes temporary folders a killed run left behind; a `.step-N.old` whose `step-N` is
+    /// missing (killed between the two renames of a re-save) is put back instead.
     pub fn clean_partial(&self) -> Result<()> {
         let Ok(entries) = std::fs::read_dir(&self.root) else {
             return Ok(());
         };
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let name = name.to_string_lossy();
+            let name = name.to_string_lossy().into_owned();
+            let p = entry.path();
+            if let Some(step) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".old")) {
+                let fin = self.root.join(step);
+                if !fin.exists() {
+                    std::fs::rename(&p, &fin).map_err(|e| io_err(&fin, e))?;
+                    continue;
+                }
+            }
             if name.starts_with('.') && (name.ends_with(".tmp") || name.ends_with(".old")) {
-                let p = entry.path();
                 std::fs::remove_dir_all(&p).map_err(|e| io_err(&p, e))?;
             }
         }
@@ -199,6 +208,13 @@ impl CheckpointDir {
             Some((_, path)) => load(&path, device).map(Some),
             None => Ok(None),
         }
+    }
+}
+
+/// Makes the renames in `dir` durable (best effort: not every filesystem supports it).
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
     }
 }
 

@@ -35,10 +35,12 @@ pub enum Event {
         /// The global step a resumed run continues from (0 for a fresh run).
         resumed_at: usize,
     },
+    /// Entering a stage; `done` > 0 when a resumed run continues mid-stage.
     StageStarted {
         stage_index: usize,
         stage: String,
         steps: usize,
+        done: usize,
         global_step: usize,
     },
     Step(StepReport),

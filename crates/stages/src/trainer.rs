@@ -243,20 +243,20 @@ impl<'a> Trainer<'a> {
         );
         let mut final_dev = None;
         for (si, stage) in schedule.stages.iter().enumerate().skip(state.stage) {
-            if state.step_in_stage == 0 {
-                if !stage.carry_optimizer {
-                    self.optimizer.reset();
-                }
-                emit(
-                    observers,
-                    &Event::StageStarted {
-                        stage_index: si,
-                        stage: stage.name.clone(),
-                        steps: stage.steps,
-                        global_step: state.global_step,
-                    },
-                );
+            if state.step_in_stage == 0 && !stage.carry_optimizer {
+                self.optimizer.reset();
             }
+            // Also on a resume mid-stage, so that observers know where they are.
+            emit(
+                observers,
+                &Event::StageStarted {
+                    stage_index: si,
+                    stage: stage.name.clone(),
+                    steps: stage.steps,
+                    done: state.step_in_stage,
+                    global_step: state.global_step,
+                },
+            );
             for step in state.step_in_stage..stage.steps {
                 let report = self.step(stage, si, step, &prepared[si], batcher, &state)?;
                 state.global_step += 1;
@@ -265,9 +265,10 @@ impl<'a> Trainer<'a> {
                 let last = step + 1 == stage.steps;
                 let due = |every: usize| every > 0 && (step + 1) % every == 0;
                 state.dev_metric = None;
+                let mut better = false;
                 if let Some(dev) = self.dev.filter(|_| last || due(stage.eval_every)) {
                     let m = dev.evaluate(self.models.student)?;
-                    let better = state.best.is_none_or(|b| m.accuracy > b.metric);
+                    better = state.best.is_none_or(|b| m.accuracy > b.metric);
                     if better {
                         state.best = Some(Best {
                             global_step: state.global_step,
@@ -295,8 +296,18 @@ impl<'a> Trainer<'a> {
                 if last {
                     state.stage = si + 1;
                     state.step_in_stage = 0;
+                    // Before the checkpoint, so that a run stopped right after it has logged it.
+                    emit(
+                        observers,
+                        &Event::StageFinished {
+                            stage_index: si,
+                            stage: stage.name.clone(),
+                            global_step: state.global_step,
+                        },
+                    );
                 }
-                if last || due(stage.checkpoint_every) {
+                // A new best is always checkpointed, so that "the best on dev" is kept.
+                if last || better || due(stage.checkpoint_every) {
                     self.checkpoint(&mut state, observers)?;
                 }
                 if self.config.stop_after == Some(state.global_step) {
@@ -310,14 +321,6 @@ impl<'a> Trainer<'a> {
             }
             state.stage = si + 1;
             state.step_in_stage = 0;
-            emit(
-                observers,
-                &Event::StageFinished {
-                    stage_index: si,
-                    stage: stage.name.clone(),
-                    global_step: state.global_step,
-                },
-            );
         }
         emit(
             observers,

@@ -437,3 +437,52 @@ fn resuming_under_another_schedule_is_refused() {
         .to_string();
     assert!(err.contains("stages"), "{err}");
 }
+
+#[test]
+fn the_best_on_dev_always_has_a_checkpoint_even_between_checkpoint_steps() {
+    let f = fixture();
+    // Evaluate every 2 steps, checkpoint only at the stage end, keep 1: every new best is saved
+    // and survives pruning.
+    let mut s = settings(12, 0);
+    s.eval_every = 2;
+    let schedule = expand(Preset::OneStage, &s).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (st, vm, proj) = student(&f);
+    let dev = EvalSet::new(&f.data, &f.tokenizer, &f.vocab, 16, &Device::Cpu).unwrap();
+    let mut batcher =
+        Batcher::new(&f.data, &f.tokenizer, Some(&f.vocab), BatchConfig::shuffled(8, 99)).unwrap();
+    let mut trainer = Trainer::new(
+        Models {
+            teacher: Some(&f.teacher),
+            student: &st,
+            projections: &proj,
+            projection_vars: Some(&vm),
+        },
+        Some(&dev),
+        TrainerConfig {
+            seed: 7,
+            checkpoints: Some(CheckpointDir::new(dir.path(), 1)),
+            stop_after: None,
+        },
+    )
+    .unwrap();
+    let mut rec = Recorder::default();
+    let out = trainer.run(&schedule, &mut batcher, &mut [&mut rec], None).unwrap();
+    let best = out.best.unwrap();
+    let kept: Vec<usize> = CheckpointDir::new(dir.path(), 1)
+        .list()
+        .unwrap()
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    assert!(kept.contains(&best.global_step), "best {best:?}, kept {kept:?}");
+    assert!(kept.contains(&12), "{kept:?}");
+    assert!(kept.len() <= 2, "{kept:?}");
+    // The kept best holds the dev metric it was chosen for.
+    let ck = distillery_stages::checkpoint::load(
+        &dir.path().join(format!("step-{:08}", best.global_step)),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(ck.state.dev_metric, Some(best.metric));
+}

@@ -55,12 +55,19 @@ impl Config {
                 ),
             ));
         }
-        if d.path.is_none() {
+        // `split` cuts one dataset: a file (`data.path`) or the synthetic task.
+        if d.path.is_none() && d.synthetic.is_none() {
             if d.split.is_some() {
-                return Err(key_err("data.split", "only applies to `data.path`"));
+                return Err(key_err(
+                    "data.split",
+                    "only applies to `data.path` or [data.synthetic]",
+                ));
             }
             if d.split_seed.is_some() {
-                return Err(key_err("data.split_seed", "only applies to `data.path`"));
+                return Err(key_err(
+                    "data.split_seed",
+                    "only applies to `data.path` or [data.synthetic]",
+                ));
             }
         }
         if files {
