@@ -550,3 +550,60 @@ fn bad_config_empty_test_split() {
         &["key `data.split`", "test split of <synthetic> is empty"],
     );
 }
+
+#[test]
+fn a_run_reading_the_teacher_cache_ends_with_the_same_bits() {
+    // Equal lengths (no padding): the teacher forward is then batch-independent to the bit, so
+    // the f32 cache must reproduce the uncached run exactly (ragged lengths: see the tolerance
+    // in crates/stages/tests/cache.rs).
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tiny_config("two-stage", 20, "").replace("min_len = 4", "min_len = 8");
+    let plain = write_config(tmp.path(), "plain.toml", &base);
+    let cached = write_config(
+        tmp.path(),
+        "cached.toml",
+        &format!("{base}\n[teacher_cache]\ndtype = \"f32\"\n"),
+    );
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for (cfg, out) in [(&plain, &a), (&cached, &b)] {
+        let o = distillery(&[
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert!(b.join("teacher-cache/index.json").is_file());
+    assert!(!a.join("teacher-cache").exists());
+    assert_eq!(step_losses(&a), step_losses(&b));
+    let same = std::fs::read(a.join("student/model.safetensors")).unwrap()
+        == std::fs::read(b.join("student/model.safetensors")).unwrap();
+    assert!(same, "the student trained from the cache differs");
+}
+
+#[test]
+fn bad_config_teacher_cache_over_budget() {
+    let t = format!(
+        "{}\n[teacher_cache]\nbudget_mb = 1\n",
+        tiny_config("one-stage", 10, "").replace("examples = 240", "examples = 4000")
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "bad.toml", &t);
+    let out = tmp.path().join("out");
+    let o = distillery(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("bad.toml: key `teacher_cache`") && err.contains("budget"),
+        "{err}"
+    );
+    assert!(!out.join("teacher-cache/index.json").exists());
+}

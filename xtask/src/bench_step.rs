@@ -235,6 +235,7 @@ pub fn child(model_dir: &str, iters: usize, mode: &str) -> Result<()> {
             student: &student,
             projections: &proj,
             projection_vars: Some(&vars),
+            teacher_cache: None,
         },
         None,
         TrainerConfig {

@@ -123,6 +123,12 @@ pub fn run_schedule(
     device: &Device,
     opts: RunOptions,
 ) -> Result<Summary> {
+    // The teacher cache is shared by every schedule written under the output folder.
+    let out_root = if dir.join("run.json").is_file() {
+        dir
+    } else {
+        dir.parent().unwrap_or(dir)
+    };
     if let Some(done) = read_summary(dir)? {
         if opts.resume {
             return Ok(done);
@@ -183,12 +189,22 @@ pub fn run_schedule(
             )
         })
         .transpose()?;
+    let cache = crate::cache::prepare(
+        config,
+        task,
+        teacher,
+        &schedule,
+        student.config.num_hidden_layers,
+        out_root,
+        opts.quiet,
+    )?;
     let mut trainer = Trainer::new(
         Models {
             teacher: Some(&teacher.model),
             student: &student,
             projections: &projections,
             projection_vars: Some(&vars),
+            teacher_cache: cache.as_ref(),
         },
         dev.as_ref(),
         TrainerConfig {

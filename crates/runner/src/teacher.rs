@@ -233,6 +233,7 @@ pub fn prepare(
             student: &model,
             projections: &[],
             projection_vars: Some(&no_projections),
+            teacher_cache: None,
         },
         dev.as_ref(),
         TrainerConfig {

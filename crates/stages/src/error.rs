@@ -9,6 +9,9 @@ pub enum StageError {
     NonFinite(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// The teacher-output cache cannot serve a batch (data or shapes other than it was built for).
+    #[error("teacher cache: {0}")]
+    Cache(String),
     #[error("{path}: {source}")]
     Io {
         path: std::path::PathBuf,

@@ -4,6 +4,9 @@
 //!   AdamW settings, learning-rate schedule, parameter groups, optimiser carry-over, evaluation
 //!   and checkpoint cadence); [`presets`] expand the one-/two-/three-stage rows of DESIGN.md at
 //!   equal step budget; [`lr`] has warm-up + decay.
+//! - [`cache`]: the teacher-output cache — what a schedule reads of the teacher
+//!   ([`TeacherNeeds`]), computed once into checksummed safetensors shards and read back
+//!   memory-mapped by the trainer instead of running the teacher.
 //! - [`trainer`]: the loop that runs a schedule on a teacher and a student, reporting
 //!   [`events`] to observers; [`optim`] is AdamW with state that checkpoints exactly;
 //!   [`checkpoint`] writes and finds checkpoints atomically; [`eval`] measures accuracy and
@@ -12,6 +15,7 @@
 //! This crate knows nothing of the CLI, config files or the terminal: it writes only into the
 //! checkpoint folder it is handed, and never prints.
 
+pub mod cache;
 pub mod checkpoint;
 pub mod error;
 pub mod eval;
@@ -22,6 +26,9 @@ pub mod presets;
 pub mod schedule;
 pub mod trainer;
 
+pub use cache::{
+    example_lengths, BuildProgress, CacheConfig, Probe, TeacherCache, TeacherNeeds, TeacherShape,
+};
 pub use checkpoint::{Best, Checkpoint, CheckpointDir, TrainState};
 pub use error::{Result, StageError};
 pub use eval::{EvalSet, Metrics};

@@ -3,6 +3,9 @@
 //! non-finite guard, AdamW on the stage's parameter groups; evaluation and checkpoints on the
 //! stage's cadence and at every stage end.
 //!
+//! With [`Models::teacher_cache`] the teacher's outputs come from the cache (the batch's
+//! `indices` index the dataset it was built on) instead of a forward: an optimisation only.
+//!
 //! Determinism: dropout masks derive from (seed, global step), the data order from the
 //! batcher's cursor, the learning rate from the step, and the optimiser's moments are saved
 //! exactly; so a run resumed from a checkpoint ends with the same bits as an uninterrupted one.
@@ -15,6 +18,7 @@ use distillery_data::{Batch, Batcher};
 use distillery_losses::{hard_cross_entropy, LayerPair, Projection};
 use distillery_models::{rng::SplitMix64, BertModel, BertOutput, ForwardOptions};
 
+use crate::cache::{TeacherCache, TeacherNeeds, TeacherShape};
 use crate::checkpoint::{Best, Checkpoint, CheckpointDir, TrainState};
 use crate::error::{Result, StageError};
 use crate::eval::{EvalSet, Metrics};
@@ -44,6 +48,10 @@ pub struct Models<'a> {
     /// with the student; their variables live in `projection_vars`.
     pub projections: &'a [Projection],
     pub projection_vars: Option<&'a VarMap>,
+    /// The teacher's outputs over the training set, read instead of running the teacher (the
+    /// teacher may then be `None`). Must hold everything the schedule reads
+    /// ([`TeacherNeeds::of`]); checked when the run starts.
+    pub teacher_cache: Option<&'a TeacherCache>,
 }
 
 impl std::fmt::Debug for Models<'_> {
@@ -52,6 +60,7 @@ impl std::fmt::Debug for Models<'_> {
             .field("teacher", &self.teacher.map(|t| t.config.num_hidden_layers))
             .field("student", &self.student.config.num_hidden_layers)
             .field("projections", &self.projections.len())
+            .field("teacher_cache", &self.teacher_cache.map(TeacherCache::dir))
             .finish()
     }
 }
@@ -94,22 +103,30 @@ struct Prepared {
     pairs: Vec<Vec<LayerPair>>,
 }
 
+/// The teacher's layer count, from the teacher or else its cache.
+fn teacher_layers(models: &Models<'_>) -> Option<usize> {
+    models
+        .teacher
+        .map(|t| t.config.num_hidden_layers)
+        .or_else(|| models.teacher_cache.map(|c| c.teacher_shape().layers))
+}
+
 fn prepare(stage: &Stage, models: &Models<'_>) -> Result<Prepared> {
     let s_layers = models.student.config.num_hidden_layers;
     let mut pairs = Vec::new();
     for term in &stage.losses {
         let p = match term {
             LossTerm::Hidden { map, .. } | LossTerm::Attention { map, .. } => {
-                let teacher = models.teacher.ok_or_else(|| {
+                let t_layers = teacher_layers(models).ok_or_else(|| {
                     StageError::Config(format!(
                         "stage {:?}: the {} loss needs a teacher",
                         stage.name,
                         term.kind_name()
                     ))
                 })?;
-                map.resolve(s_layers, teacher.config.num_hidden_layers)?
+                map.resolve(s_layers, t_layers)?
             }
-            LossTerm::Logit { .. } if models.teacher.is_none() => {
+            LossTerm::Logit { .. } if teacher_layers(models).is_none() => {
                 return Err(StageError::Config(format!(
                     "stage {:?}: the logit loss needs a teacher",
                     stage.name
@@ -120,6 +137,37 @@ fn prepare(stage: &Stage, models: &Models<'_>) -> Result<Prepared> {
         pairs.push(p);
     }
     Ok(Prepared { pairs })
+}
+
+/// A cache must match the teacher (when both are given) and hold all the schedule reads.
+fn check_cache(schedule: &Schedule, models: &Models<'_>) -> Result<()> {
+    let Some(cache) = models.teacher_cache else {
+        return Ok(());
+    };
+    let shape = cache.teacher_shape();
+    if let Some(t) = models.teacher {
+        if TeacherShape::of(&t.config) != shape {
+            return Err(StageError::Config(format!(
+                "the teacher cache {} was built for a teacher of shape {shape:?}, the teacher is {:?}",
+                cache.dir().display(),
+                TeacherShape::of(&t.config)
+            )));
+        }
+    }
+    let needs = TeacherNeeds::of(
+        schedule,
+        models.student.config.num_hidden_layers,
+        shape.layers,
+    )?;
+    let missing = cache.needs().missing(&needs);
+    if !missing.is_empty() {
+        return Err(StageError::Config(format!(
+            "the teacher cache {} lacks {} that the schedule reads",
+            cache.dir().display(),
+            missing.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 pub struct Trainer<'a> {
@@ -202,6 +250,7 @@ impl<'a> Trainer<'a> {
             .iter()
             .map(|s| prepare(s, &self.models))
             .collect::<Result<_>>()?;
+        check_cache(schedule, &self.models)?;
         let mut state = match resume {
             Some(ckpt) => {
                 if ckpt.state.schedule != shape {
@@ -442,16 +491,20 @@ impl<'a> Trainer<'a> {
     ) -> Result<(Tensor, Vec<(String, f64)>)> {
         let device = self.models.student.device();
         let t = batch.encoded.to_tensors(device)?;
-        let teacher_out: Option<BertOutput> = match self.models.teacher {
-            Some(teacher) if stage.losses.iter().any(LossTerm::needs_teacher) => {
-                Some(teacher.forward(
-                    &t.input_ids,
-                    Some(&t.token_type_ids),
-                    &t.attention_mask,
-                    &ForwardOptions::default(),
-                )?)
+        let needs_teacher = stage.losses.iter().any(LossTerm::needs_teacher);
+        let teacher_out: Option<BertOutput> = match (self.models.teacher_cache, self.models.teacher)
+        {
+            _ if !needs_teacher => None,
+            (Some(cache), _) => {
+                Some(cache.outputs(&batch.indices, batch.encoded.seq, &t.attention_mask, device)?)
             }
-            _ => None,
+            (None, Some(teacher)) => Some(teacher.forward(
+                &t.input_ids,
+                Some(&t.token_type_ids),
+                &t.attention_mask,
+                &ForwardOptions::default(),
+            )?),
+            (None, None) => None,
         };
         let seed =
             SplitMix64::derive(self.config.seed, &format!("dropout/{global_step}")).next_u64();

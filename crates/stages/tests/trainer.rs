@@ -186,6 +186,7 @@ fn run(
         student: &s,
         projections: &proj,
         projection_vars: Some(&vm),
+        teacher_cache: None,
     };
     let mut trainer = Trainer::new(
         models,
@@ -335,6 +336,7 @@ fn nan_stops_the_run_naming_stage_and_step_and_keeps_the_checkpoint() {
             student: &s,
             projections: &proj,
             projection_vars: Some(&vm),
+            teacher_cache: None,
         },
         None,
         TrainerConfig {
@@ -449,14 +451,20 @@ fn the_best_on_dev_always_has_a_checkpoint_even_between_checkpoint_steps() {
     let dir = tempfile::tempdir().unwrap();
     let (st, vm, proj) = student(&f);
     let dev = EvalSet::new(&f.data, &f.tokenizer, &f.vocab, 16, &Device::Cpu).unwrap();
-    let mut batcher =
-        Batcher::new(&f.data, &f.tokenizer, Some(&f.vocab), BatchConfig::shuffled(8, 99)).unwrap();
+    let mut batcher = Batcher::new(
+        &f.data,
+        &f.tokenizer,
+        Some(&f.vocab),
+        BatchConfig::shuffled(8, 99),
+    )
+    .unwrap();
     let mut trainer = Trainer::new(
         Models {
             teacher: Some(&f.teacher),
             student: &st,
             projections: &proj,
             projection_vars: Some(&vm),
+            teacher_cache: None,
         },
         Some(&dev),
         TrainerConfig {
@@ -467,7 +475,9 @@ fn the_best_on_dev_always_has_a_checkpoint_even_between_checkpoint_steps() {
     )
     .unwrap();
     let mut rec = Recorder::default();
-    let out = trainer.run(&schedule, &mut batcher, &mut [&mut rec], None).unwrap();
+    let out = trainer
+        .run(&schedule, &mut batcher, &mut [&mut rec], None)
+        .unwrap();
     let best = out.best.unwrap();
     let kept: Vec<usize> = CheckpointDir::new(dir.path(), 1)
         .list()
@@ -475,7 +485,10 @@ fn the_best_on_dev_always_has_a_checkpoint_even_between_checkpoint_steps() {
         .iter()
         .map(|(s, _)| *s)
         .collect();
-    assert!(kept.contains(&best.global_step), "best {best:?}, kept {kept:?}");
+    assert!(
+        kept.contains(&best.global_step),
+        "best {best:?}, kept {kept:?}"
+    );
     assert!(kept.contains(&12), "{kept:?}");
     assert!(kept.len() <= 2, "{kept:?}");
     // The kept best holds the dev metric it was chosen for.

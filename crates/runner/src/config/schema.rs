@@ -26,6 +26,8 @@ pub struct Config {
     pub student: StudentSection,
     pub losses: LossesSection,
     pub distill: DistillSection,
+    /// Present: the teacher's outputs are computed once and read back (`[teacher_cache]`).
+    pub teacher_cache: Option<TeacherCacheSection>,
     /// The file the config came from (a display name for embedded configs).
     #[serde(skip)]
     pub(crate) source: PathBuf,
@@ -44,6 +46,7 @@ impl Default for Config {
             student: StudentSection::default(),
             losses: LossesSection::default(),
             distill: DistillSection::default(),
+            teacher_cache: None,
             source: PathBuf::new(),
             base_dir: PathBuf::new(),
         }
@@ -496,4 +499,29 @@ pub struct StageSection {
     pub eval_every: Option<usize>,
     pub checkpoint_every: Option<usize>,
     pub carry_optimizer: bool,
+}
+
+/// How cached teacher outputs are stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheDtype {
+    /// Exact: training reads the bits the teacher computed.
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+/// `[teacher_cache]`: compute exactly the teacher outputs the schedule's losses read once, store
+/// them (safetensors shards + checksummed index) and read them memory-mapped while training.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TeacherCacheSection {
+    /// Default: `OUT/teacher-cache` (shared by the schedules of a `compare`).
+    pub dir: Option<PathBuf>,
+    pub dtype: CacheDtype,
+    /// Refuse (before building) a cache larger than this many MiB.
+    pub budget_mb: Option<u64>,
+    /// Keep only the k largest teacher logits per example (large label spaces).
+    pub top_k_logits: Option<usize>,
 }

@@ -28,6 +28,20 @@ impl Config {
         if let Some(l) = &self.losses.logit {
             check_logit(l)?;
         }
+        if let Some(c) = &self.teacher_cache {
+            if c.budget_mb == Some(0) {
+                return Err(key_err(
+                    "teacher_cache.budget_mb",
+                    "must be positive, got 0",
+                ));
+            }
+            if c.top_k_logits == Some(0) {
+                return Err(key_err(
+                    "teacher_cache.top_k_logits",
+                    "must be positive, got 0",
+                ));
+            }
+        }
         self.check_distill(&self.distill)
     }
 

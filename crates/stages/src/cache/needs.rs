@@ -1,0 +1,119 @@
+//! Which teacher tensors a schedule's losses read.
+
+use std::collections::BTreeSet;
+
+use distillery_losses::{AttentionKind, Relation};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::schedule::{LossTerm, Schedule};
+
+/// The teacher outputs a schedule reads, layers numbered as `BertOutput::hidden_states` (0 is
+/// the embedding output, 1..=N the encoder layers). Q/K/V layers are 1-based: layer `l` is
+/// `BertOutput::attentions[l - 1]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherNeeds {
+    /// The classification logits (logit losses).
+    pub logits: bool,
+    /// Hidden states; 0 when a hidden-state term includes the embeddings.
+    pub hidden: BTreeSet<usize>,
+    /// Queries: the streaming attention KL and the score MSE read Q and K of the mapped
+    /// layers; a MiniLMv2 relation reads the projections it relates.
+    pub q: BTreeSet<usize>,
+    pub k: BTreeSet<usize>,
+    pub v: BTreeSet<usize>,
+}
+
+impl TeacherNeeds {
+    /// Exactly what `schedule`'s losses read of a teacher of `teacher_layers` layers when the
+    /// student has `student_layers` (each term's layer map resolved as the trainer resolves
+    /// it, so a bad map is the same error here).
+    pub fn of(schedule: &Schedule, student_layers: usize, teacher_layers: usize) -> Result<Self> {
+        let mut n = Self::default();
+        for stage in &schedule.stages {
+            for term in &stage.losses {
+                match term {
+                    LossTerm::Hidden { loss, map, .. } => {
+                        if loss.include_embeddings {
+                            n.hidden.insert(0);
+                        }
+                        for p in map.resolve(student_layers, teacher_layers)? {
+                            n.hidden.insert(p.teacher);
+                        }
+                    }
+                    LossTerm::Attention { loss, map, .. } => {
+                        let layers: Vec<usize> = map
+                            .resolve(student_layers, teacher_layers)?
+                            .into_iter()
+                            .map(|p| p.teacher)
+                            .collect();
+                        let add = |set: &mut BTreeSet<usize>| set.extend(layers.iter());
+                        match &loss.kind {
+                            AttentionKind::Kl | AttentionKind::ScoreMse => {
+                                add(&mut n.q);
+                                add(&mut n.k);
+                            }
+                            AttentionKind::Relation { relations, .. } => {
+                                for r in relations {
+                                    match r {
+                                        Relation::Query => add(&mut n.q),
+                                        Relation::Key => add(&mut n.k),
+                                        Relation::Value => add(&mut n.v),
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    LossTerm::Logit { .. } => n.logits = true,
+                    LossTerm::HardLabel { .. } => {}
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Nothing of the teacher is read (hard-label fine-tuning only).
+    pub fn is_empty(&self) -> bool {
+        !self.logits
+            && self.hidden.is_empty()
+            && self.q.is_empty()
+            && self.k.is_empty()
+            && self.v.is_empty()
+    }
+
+    /// Whether everything `other` needs is here.
+    pub fn covers(&self, other: &TeacherNeeds) -> bool {
+        (self.logits || !other.logits)
+            && other.hidden.is_subset(&self.hidden)
+            && other.q.is_subset(&self.q)
+            && other.k.is_subset(&self.k)
+            && other.v.is_subset(&self.v)
+    }
+
+    /// What `other` needs that is not here, in words (empty when [`Self::covers`]).
+    pub fn missing(&self, other: &TeacherNeeds) -> Vec<String> {
+        let mut out = Vec::new();
+        if other.logits && !self.logits {
+            out.push("logits".to_string());
+        }
+        for (name, mine, theirs) in [
+            ("hidden", &self.hidden, &other.hidden),
+            ("q", &self.q, &other.q),
+            ("k", &self.k, &other.k),
+            ("v", &self.v, &other.v),
+        ] {
+            out.extend(theirs.difference(mine).map(|l| format!("{name}.{l}")));
+        }
+        out
+    }
+
+    /// Stored tensors per token: the hidden states and Q/K/V rows, each `hidden` wide.
+    pub(crate) fn token_tensors(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.hidden.iter().map(|l| format!("hidden.{l}")).collect();
+        for (name, set) in [("q", &self.q), ("k", &self.k), ("v", &self.v)] {
+            out.extend(set.iter().map(|l| format!("{name}.{l}")));
+        }
+        out
+    }
+}
