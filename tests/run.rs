@@ -109,6 +109,16 @@ fn run_writes_every_file_and_the_student_reproduces_its_dev_metric() {
     ] {
         assert!(out.join(f).is_file(), "missing {f}");
     }
+    // Outputs are ordinary readable files, not owner-only temporaries.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join("report.md"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o044, 0o044, "report.md mode {mode:o}");
+    }
     let metrics = read_jsonl(&out.join("metrics.jsonl"));
     let steps: Vec<&Value> = metrics.iter().filter(|v| v["event"] == "step").collect();
     assert_eq!(steps.len(), 40);

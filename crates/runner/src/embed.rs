@@ -41,7 +41,7 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| {
+    let mut tmp = crate::fsutil::output_tempfile(dir).with_context(|| {
         format!(
             "{}: cannot create a file in {}",
             args.output.display(),

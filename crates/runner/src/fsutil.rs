@@ -5,6 +5,19 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+/// A temporary file in `dir` that becomes a normal, readable output file: `NamedTempFile`
+/// creates it owner-only (0600), which reports and models must not be.
+pub fn output_tempfile(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(tmp)
+}
+
 /// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
@@ -12,7 +25,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| {
+    let mut tmp = output_tempfile(dir).with_context(|| {
         format!(
             "{}: cannot create a file in {}",
             path.display(),
