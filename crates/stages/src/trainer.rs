@@ -393,7 +393,7 @@ impl<'a> Trainer<'a> {
         let Some(dir) = &self.config.checkpoints else {
             return Ok(());
         };
-        let (moments, steps) = self.optimizer.state();
+        let (moments, steps) = self.optimizer.state()?;
         state.optimizer_steps = steps;
         let path = dir.save(state, &self.params(), &moments)?;
         emit(
