@@ -36,6 +36,8 @@
 //! (relative 2⁻¹¹; bf16: 2⁻⁸) and its 24-step student within 3e-3 (measured 7.9e-4).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -45,7 +47,7 @@ use distillery_data::{BatchConfig, Batcher, Dataset, Example, LabelOrder, LabelV
 use distillery_losses::*;
 use distillery_models::{
     load_model, random_student, save_model, testing, BertModel, BertOutput, ForwardOptions,
-    LoadOptions, StudentSpec, TextTokenizer,
+    LoadOptions, TextTokenizer,
 };
 use distillery_stages::cache::{xxh64, MISSING_LOGIT};
 use distillery_stages::*;
@@ -466,65 +468,11 @@ fn the_teacher_forward_itself_depends_on_the_batch_for_ragged_lengths() {
 
 /// A 2-layer, 8-wide, 4-head student and its shared projection to the teacher's 16.
 fn student() -> (BertModel, VarMap, Vec<Projection>) {
-    let teacher = testing::tiny_config(&["neg", "pos"]);
-    let spec = StudentSpec {
-        layers: 2,
-        hidden: 8,
-        heads: 4,
-        intermediate: 16,
-    };
-    let s = random_student(
-        spec.config(&teacher).unwrap(),
-        21,
-        true,
-        DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
-    let vm = VarMap::new();
-    let p = Projection::new(&vm, "projection.hidden", 8, 16, 3, &Device::Cpu).unwrap();
-    (s, vm, vec![p])
+    common::student(&testing::tiny_config(&["neg", "pos"]))
 }
 
 fn settings(total: usize) -> PresetSettings {
-    PresetSettings {
-        hidden: LossTerm::Hidden {
-            loss: HiddenLoss {
-                kind: HiddenKind::Mse,
-                include_embeddings: true,
-            },
-            map: LayerMap::Uniform,
-            weight: 1.0,
-        },
-        attention: LossTerm::Attention {
-            loss: AttentionLoss {
-                kind: AttentionKind::Kl,
-            },
-            map: LayerMap::Uniform,
-            weight: 1.0,
-        },
-        logit: LossTerm::Logit {
-            loss: LogitLoss {
-                kind: LogitKind::Kl,
-                temperature: 2.0,
-            },
-            weight: 1.0,
-        },
-        hard_label: Some(LossTerm::HardLabel { weight: 0.5 }),
-        total_steps: total,
-        split: None,
-        optimizer: AdamW::default(),
-        lr: LrSchedule {
-            peak: 3e-3,
-            warmup_steps: 0,
-            decay: Decay::Linear,
-            min_ratio: 0.0,
-        },
-        warmup_ratio: Some(0.1),
-        params: ParamGroups::default(),
-        eval_every: 0,
-        checkpoint_every: 0,
-    }
+    common::settings(total, 0)
 }
 
 /// The three-stage preset plus every other teacher read: a MiniLMv2 relation over Q, K and V

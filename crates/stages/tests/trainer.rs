@@ -3,6 +3,8 @@
 //! stay put, and optimiser state carries over only when asked.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -10,8 +12,7 @@ use candle_nn::VarMap;
 use distillery_data::{BatchConfig, Batcher, Dataset, Example, LabelOrder, LabelVocab};
 use distillery_losses::*;
 use distillery_models::{
-    load_model, random_student, save_model, testing, BertModel, LoadOptions, StudentSpec,
-    TextTokenizer,
+    load_model, random_student, save_model, testing, BertModel, LoadOptions, TextTokenizer,
 };
 use distillery_stages::*;
 
@@ -82,65 +83,10 @@ fn fixture() -> Fixture {
 
 /// A 2-layer, 8-wide student (the teacher is 3 × 16) and its shared projection.
 fn student(f: &Fixture) -> (BertModel, VarMap, Vec<Projection>) {
-    let spec = StudentSpec {
-        layers: 2,
-        hidden: 8,
-        heads: 4,
-        intermediate: 16,
-    };
-    let s = random_student(
-        spec.config(&f.teacher.config).unwrap(),
-        21,
-        true,
-        DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
-    let vm = VarMap::new();
-    let p = Projection::new(&vm, "projection.hidden", 8, 16, 3, &Device::Cpu).unwrap();
-    (s, vm, vec![p])
+    common::student(&f.teacher.config)
 }
 
-fn settings(total: usize, every: usize) -> PresetSettings {
-    PresetSettings {
-        hidden: LossTerm::Hidden {
-            loss: HiddenLoss {
-                kind: HiddenKind::Mse,
-                include_embeddings: true,
-            },
-            map: LayerMap::Uniform,
-            weight: 1.0,
-        },
-        attention: LossTerm::Attention {
-            loss: AttentionLoss {
-                kind: AttentionKind::Kl,
-            },
-            map: LayerMap::Uniform,
-            weight: 1.0,
-        },
-        logit: LossTerm::Logit {
-            loss: LogitLoss {
-                kind: LogitKind::Kl,
-                temperature: 2.0,
-            },
-            weight: 1.0,
-        },
-        hard_label: Some(LossTerm::HardLabel { weight: 0.5 }),
-        total_steps: total,
-        split: None,
-        optimizer: AdamW::default(),
-        lr: LrSchedule {
-            peak: 3e-3,
-            warmup_steps: 0,
-            decay: Decay::Linear,
-            min_ratio: 0.0,
-        },
-        warmup_ratio: Some(0.1),
-        params: ParamGroups::default(),
-        eval_every: every,
-        checkpoint_every: every,
-    }
-}
+use common::settings;
 
 struct RunResult {
     params: Vec<(String, Vec<f32>)>,
