@@ -1,7 +1,6 @@
 //! `cargo xtask bench forward`: median forward time and peak memory of all-MiniLM-L6-v2 at
 //! batch 32 x seq 128 in distillery-models (release) and in PyTorch eager, each in its own process.
 
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -28,43 +27,18 @@ pub fn run(json: bool, args: &[String]) -> Result<()> {
     let model_s = model.to_str().context("non-UTF-8 path")?;
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
-    let out = Command::new(exe)
-        .args(["bench-forward-child", model_s, &iters.to_string()])
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "candle bench failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    rows.push(serde_json::from_slice::<serde_json::Value>(&out.stdout)?);
-    match util::python_with_torch() {
-        Some(py) => {
-            let script = util::root().join("scripts/bench/forward_torch.py");
-            let out = Command::new(py)
-                .arg(script)
-                .args([
-                    model_s,
-                    &BATCH.to_string(),
-                    &SEQ.to_string(),
-                    &iters.to_string(),
-                ])
-                .output()?;
-            if !out.status.success() {
-                bail!(
-                    "pytorch bench failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            let last = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .last()
-                .unwrap_or("")
-                .to_string();
-            rows.push(serde_json::from_str(&last)?);
-        }
-        None => eprintln!("(no Python with torch + transformers: PyTorch baseline skipped)"),
-    }
+    let iters_s = iters.to_string();
+    let args = ["bench-forward-child", model_s, &iters_s];
+    rows.push(util::json_from(
+        exe.as_os_str(),
+        &args,
+        "the candle forward bench",
+    )?);
+    let (b, s) = (BATCH.to_string(), SEQ.to_string());
+    rows.extend(util::torch_baseline(
+        "forward_torch.py",
+        &[model_s, &b, &s, &iters_s],
+    )?);
     for r in &rows {
         if json {
             println!("{r}");

@@ -5,8 +5,6 @@
 //! its own process so that the peak RSS is its own; then the same step in PyTorch eager
 //! (`scripts/bench/step_torch.py`) when a Python with torch is available.
 
-use std::process::Command;
-
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
@@ -45,45 +43,20 @@ pub fn run(json: bool, args: &[String]) -> Result<()> {
     let model_s = model.to_str().context("non-UTF-8 path")?;
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
+    let iters_s = iters.to_string();
     for mode in MODES {
-        let out = Command::new(&exe)
-            .args(["bench-step-child", model_s, &iters.to_string(), mode])
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "candle step bench ({mode}) failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        rows.push(serde_json::from_slice::<serde_json::Value>(&out.stdout)?);
+        let args = ["bench-step-child", model_s, &iters_s, mode];
+        rows.push(util::json_from(
+            exe.as_os_str(),
+            &args,
+            &format!("the candle step bench ({mode})"),
+        )?);
     }
-    match util::python_with_torch() {
-        Some(py) => {
-            let script = util::root().join("scripts/bench/step_torch.py");
-            let out = Command::new(py)
-                .arg(script)
-                .args([
-                    model_s,
-                    &BATCH.to_string(),
-                    &SEQ.to_string(),
-                    &iters.to_string(),
-                ])
-                .output()?;
-            if !out.status.success() {
-                bail!(
-                    "pytorch step bench failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            let last = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .last()
-                .unwrap_or("")
-                .to_string();
-            rows.push(serde_json::from_str(&last)?);
-        }
-        None => eprintln!("(no Python with torch + transformers: PyTorch baseline skipped)"),
-    }
+    let (b, s) = (BATCH.to_string(), SEQ.to_string());
+    rows.extend(util::torch_baseline(
+        "step_torch.py",
+        &[model_s, &b, &s, &iters_s],
+    )?);
     for r in &rows {
         if json {
             println!("{r}");

@@ -73,3 +73,34 @@ pub fn python_with_torch() -> Option<String> {
     }
     None
 }
+
+/// Runs `program args`, whose stdout's last line is one JSON object (a measured child process or
+/// a PyTorch baseline script); `what` names it in the error.
+pub fn json_from(
+    program: &std::ffi::OsStr,
+    args: &[&str],
+    what: &str,
+) -> Result<serde_json::Value> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or("");
+    serde_json::from_str(last).with_context(|| format!("{what}: not a JSON line: {last:?}"))
+}
+
+/// `scripts/bench/<script>` under a Python with torch, or `None` (with a note) when there is none.
+pub fn torch_baseline(script: &str, args: &[&str]) -> Result<Option<serde_json::Value>> {
+    let Some(py) = python_with_torch() else {
+        eprintln!("(no Python with torch + transformers: PyTorch baseline skipped)");
+        return Ok(None);
+    };
+    let path = root().join("scripts/bench").join(script);
+    let mut all: Vec<&str> = vec![path.to_str().context("non-UTF-8 path")?];
+    all.extend_from_slice(args);
+    json_from(py.as_ref(), &all, "the PyTorch baseline").map(Some)
+}
