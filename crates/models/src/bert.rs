@@ -5,7 +5,7 @@ use candle_nn::VarMap;
 
 use crate::config::BertConfig;
 use crate::error::{ModelError, Result};
-use crate::layers::{activation, dropout, softmax_last, Kernels, LayerNorm, Linear};
+use crate::layers::{activation, bmm, dropout, masked_softmax, Kernels, LayerNorm, Linear};
 use crate::output::{BertOutput, LayerAttention};
 use crate::params::{Init, ParamBuilder};
 
@@ -221,9 +221,7 @@ impl BertModel {
             DType::BF16 => f64::from(half::bf16::MIN),
             _ => f64::from(f32::MIN),
         };
-        let bias = ((mask.ones_like()? - &mask)? * neg)?
-            .to_dtype(self.dtype)?
-            .reshape((b, 1, 1, s))?;
+        let bias = ((mask.ones_like()? - &mask)? * neg)?.to_dtype(self.dtype)?;
         let p_hidden = if opts.train {
             c.hidden_dropout_prob
         } else {
@@ -303,12 +301,11 @@ impl BertModel {
         let v = split(l.value.forward(&x2)?)?;
         // Scale q (b·h·s·d values) rather than the scores (b·h·s·s).
         let scale = 1.0 / (d as f64).sqrt();
-        let scores = (&q * scale)?.matmul(&k.t()?)?.broadcast_add(bias)?;
-        let probs = softmax_last(&scores, kernels)?;
+        let scores = bmm(&(&q * scale)?, &k.t()?, kernels)?;
+        let probs = masked_softmax(&scores, bias, kernels)?;
         let site = format!("layer{index}");
         let probs_dropped = dropout(&probs, p_attn, opts.seed, &format!("{site}.attn"))?;
-        let ctx = probs_dropped
-            .matmul(&v)?
+        let ctx = bmm(&probs_dropped, &v, kernels)?
             .transpose(1, 2)?
             .reshape((b * s, h))?;
         let a = dropout(
@@ -330,7 +327,8 @@ impl BertModel {
             .forward(&(o + &h1)?, kernels)?
             .reshape((b, s, h))?;
         let (scores, probs) = if opts.attention_maps {
-            (Some(scores), Some(probs))
+            let with_mask = scores.broadcast_add(&bias.reshape((b, 1, 1, s))?)?;
+            (Some(with_mask), Some(probs))
         } else {
             (None, None)
         };

@@ -3,7 +3,7 @@
 //! built from elementary candle ops. candle's own fused softmax/layer norm are never used: they
 //! silently drop gradients (see FIXTURES.md).
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Tensor, D};
 use distillery_kernels::fused;
 
 use crate::config::Activation;
@@ -45,15 +45,13 @@ impl Linear {
         })
     }
 
-    /// `x` is [rows, input] or [.., input]; leading dims are flattened so one GEMM runs.
+    /// `x` is [rows, input] or [.., input]; leading dims are flattened so one GEMM runs, which
+    /// starts from the bias (distillery-kernels' fused linear on f32 CPU tensors).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let input = dims[dims.len() - 1];
         let rows = x.elem_count() / input.max(1);
-        let y = x
-            .reshape((rows, input))?
-            .matmul(&self.weight.t()?)?
-            .broadcast_add(&self.bias)?;
+        let y = fused::linear(&x.reshape((rows, input))?, &self.weight, &self.bias)?;
         let mut out = dims;
         let last = out.len() - 1;
         out[last] = self.weight.dim(0)?;
@@ -114,20 +112,37 @@ pub fn activation(x: &Tensor, act: Activation, kernels: Kernels) -> Result<Tenso
     })
 }
 
-/// Inverted dropout with a mask drawn from a seeded stream, so that a training step is
-/// reproducible from (seed, site). Identity when `p == 0`.
+/// Softmax over the last dimension of attention scores [b, heads, q, k] plus the key-padding
+/// bias [b, k]; the bias gets no gradient.
+pub fn masked_softmax(scores: &Tensor, key_bias: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    Ok(match kernels {
+        Kernels::Fused => fused::softmax_last_dim_masked(scores, key_bias)?,
+        Kernels::Reference => {
+            let (b, k) = key_bias.dims2()?;
+            let bias = key_bias.detach().reshape((b, 1, 1, k))?;
+            candle_nn::ops::softmax(&scores.broadcast_add(&bias)?, D::Minus1)?
+        }
+    })
+}
+
+/// Batched matrix product over the leading dims (attention's per-head products).
+pub fn bmm(a: &Tensor, b: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    Ok(match kernels {
+        Kernels::Fused => fused::bmm(a, b)?,
+        Kernels::Reference => a.matmul(b)?,
+    })
+}
+
+/// Inverted dropout with a mask fixed by (seed, site), so that a training step is reproducible
+/// from its seed; identity when `p == 0`. The mask is regenerated in the backward rather than
+/// stored (distillery-kernels' counter-based dropout).
 pub fn dropout(x: &Tensor, p: f64, seed: u64, site: &str) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
     }
-    let mut rng = SplitMix64::derive(seed, site);
-    let keep = 1.0 - p;
-    let scale = (1.0 / keep) as f32;
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.next_f64() < keep { scale } else { 0.0 })
-        .collect();
-    let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
-        .to_dtype(x.dtype())?
-        .to_device(x.device())?;
-    Ok((x * mask)?)
+    Ok(fused::dropout(
+        x,
+        p,
+        SplitMix64::derive(seed, site).next_u64(),
+    )?)
 }

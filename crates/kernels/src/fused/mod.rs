@@ -1,4 +1,5 @@
-//! Fused row-wise CPU ops with backward: erf-GELU, softmax over the last dim, layer norm.
+//! Fused CPU ops with backward: erf-GELU, softmax over the last dim (optionally with an
+//! additive key mask), layer norm, linear with bias, and a counter-based dropout.
 //!
 //! candle's own fused softmax and layer norm have no backward (they silently drop gradients) and
 //! its erf-GELU is a scalar loop; the composites that do have a backward make several passes and
@@ -7,13 +8,19 @@
 //! and devices fall back to the composite references (`*_slow`), which are also what the tests
 //! compare against.
 
+mod dropout;
 mod gelu;
 mod layer_norm;
+mod matmul;
 mod softmax;
 
+pub use dropout::{dropout, dropout_mask, dropout_slow};
 pub use gelu::{gelu_erf, gelu_erf_slow};
 pub use layer_norm::{layer_norm, layer_norm_slow};
-pub use softmax::{softmax_last_dim, softmax_last_dim_slow};
+pub use matmul::{bmm, linear, linear_slow};
+pub use softmax::{
+    softmax_last_dim, softmax_last_dim_masked, softmax_last_dim_masked_slow, softmax_last_dim_slow,
+};
 
 use candle_core::{CpuStorage, DType, Device, Layout, Tensor};
 use rayon::prelude::*;

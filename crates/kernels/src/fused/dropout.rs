@@ -1,0 +1,123 @@
+//! Inverted dropout whose mask is a pure function of (seed, element index): `y = x ⊙ m / keep`
+//! with `m_i = [u(seed, i) < keep]`.
+//!
+//! A counter-based mask costs nothing to store: the backward multiplies the gradient by the
+//! same mask, regenerated, so the op is its own derivative and no mask tensor stays alive until
+//! the backward (a dropout on attention probabilities would otherwise keep a b·h·s² f32 mask per
+//! layer). Each element's draw depends only on its index, so the mask is the same whatever the
+//! chunking across threads, and the reference ([`dropout_mask`] times `x`) is bit-identical.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{f32_slice, fused_applies};
+use crate::error::Result;
+
+const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// SplitMix64's output function at counter `seed + (i + 1)·γ`: the i-th draw of a SplitMix64
+/// stream started at `seed`, reachable without drawing the ones before it.
+#[inline(always)]
+fn draw(seed: u64, i: u64) -> u64 {
+    let mut z = seed.wrapping_add(i.wrapping_add(1).wrapping_mul(GAMMA));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Element i is kept when its top 24 bits, read as a fraction, fall below `keep`.
+#[inline(always)]
+fn scale_of(seed: u64, i: u64, keep: f32, scale: f32) -> f32 {
+    let u = (draw(seed, i) >> 40) as f32 * (1.0 / (1u32 << 24) as f32);
+    if u < keep {
+        scale
+    } else {
+        0.0
+    }
+}
+
+/// Elements per rayon task.
+const CHUNK: usize = 16_384;
+
+#[derive(Debug, Clone, Copy)]
+struct DropoutOp {
+    keep: f32,
+    seed: u64,
+}
+
+impl CustomOp1 for DropoutOp {
+    fn name(&self) -> &'static str {
+        "distillery-dropout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, self.name())?;
+        let (keep, seed, scale) = (self.keep, self.seed, 1.0 / self.keep);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .enumerate()
+            .for_each(|(c, (yc, xc))| {
+                let base = (c * CHUNK) as u64;
+                for (j, (o, v)) in yc.iter_mut().zip(xc).enumerate() {
+                    *o = v * scale_of(seed, base + j as u64, keep, scale);
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        // d(x ⊙ m/keep)/dx = m/keep: the same op applied to the gradient.
+        Ok(Some(grad.contiguous()?.apply_op1(*self)?))
+    }
+}
+
+/// The mask [`dropout`] uses for `n` elements: `1/keep` where kept, 0 where dropped.
+pub fn dropout_mask(n: usize, p: f64, seed: u64) -> Vec<f32> {
+    let keep = (1.0 - p) as f32;
+    (0..n as u64)
+        .map(|i| scale_of(seed, i, keep, 1.0 / keep))
+        .collect()
+}
+
+/// Inverted dropout with drop probability `p` and a mask fixed by `seed` (see the module
+/// docs); the identity when `p <= 0`. Fused on f32 CPU tensors; elsewhere the mask is built on
+/// the host and multiplied in ([`dropout_slow`]), with the same values.
+pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    if p >= 1.0 || p.is_nan() {
+        return Err(crate::KernelError::Config(format!(
+            "dropout probability must be below 1, got {p}"
+        )));
+    }
+    if !fused_applies(x) {
+        return dropout_slow(x, p, seed);
+    }
+    Ok(x.contiguous()?.apply_op1(DropoutOp {
+        keep: (1.0 - p) as f32,
+        seed,
+    })?)
+}
+
+/// The reference: the same mask as a tensor, multiplied in with candle's `mul` (whose backward
+/// also computes an unused gradient for the mask).
+pub fn dropout_slow(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let mask = Tensor::from_vec(
+        dropout_mask(x.elem_count(), p, seed),
+        x.shape(),
+        &candle_core::Device::Cpu,
+    )?
+    .to_dtype(x.dtype())?
+    .to_device(x.device())?;
+    Ok((x.contiguous()? * mask)?)
+}

@@ -1,0 +1,291 @@
+//! Two GEMM shapes candle's CPU backend handles poorly, with backward:
+//!
+//! - [`linear`]: `y = x·Wᵀ + b` in one GEMM that starts from the bias rows. As `matmul` then
+//!   `broadcast_add`, the bias costs a second pass and allocation, the pre-bias product stays
+//!   alive until the backward, and the backward of `broadcast_add` adds two more full-size
+//!   tensors.
+//! - [`bmm`]: a batched product of many small matrices (attention's b·h products of s×d by d×s).
+//!   candle loops over the batch and asks gemm to parallelise each small product, which it
+//!   does not, so one core idles; here the batch is split across threads instead.
+//!
+//! f32 on the CPU only; other dtypes and devices use candle's ops ([`linear_slow`],
+//! `Tensor::matmul`), which are also the references in the tests.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+use super::fused_applies;
+use crate::error::Result;
+
+/// The f32 data of a storage and a bounds-checked view of one operand: `batch` matrices of
+/// rows × cols at `offset + i·batch_stride + r·rs + c·cs`.
+struct View<'a> {
+    data: &'a [f32],
+    offset: usize,
+    batch_stride: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> View<'a> {
+    fn new(s: &'a CpuStorage, l: &Layout, op: &str, dims: [usize; 3]) -> candle_core::Result<Self> {
+        let CpuStorage::F32(data) = s else {
+            candle_core::bail!("{op}: expected an f32 tensor")
+        };
+        let st = l.stride();
+        let (batch_stride, rs, cs) = match *st {
+            [b, r, c] => (b, r, c),
+            [r, c] => (0, r, c),
+            _ => candle_core::bail!("{op}: expected a rank 2 or 3 tensor, got {:?}", l.dims()),
+        };
+        let offset = l.start_offset();
+        let last = offset
+            + dims[0].saturating_sub(1) * batch_stride
+            + dims[1].saturating_sub(1) * rs
+            + dims[2].saturating_sub(1) * cs;
+        if dims.iter().any(|&d| d > 0) && last >= data.len() {
+            candle_core::bail!("{op}: layout out of bounds");
+        }
+        Ok(Self {
+            data,
+            offset,
+            batch_stride,
+            rs,
+            cs,
+        })
+    }
+
+    fn ptr(&self, batch: usize) -> *const f32 {
+        // In bounds: checked in `new` for every batch < dims[0].
+        self.data[self.offset + batch * self.batch_stride..].as_ptr()
+    }
+}
+
+fn threads() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+/// `dst (m×n, contiguous) = [dst +] a·b` for one matrix of each view.
+///
+/// # Safety
+/// `dst` holds m·n floats; `a` and `b` were bounds-checked for (m, k) and (k, n).
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into(
+    dst: &mut [f32],
+    read_dst: bool,
+    (m, n, k): (usize, usize, usize),
+    a: *const f32,
+    (a_rs, a_cs): (usize, usize),
+    b: *const f32,
+    (b_rs, b_cs): (usize, usize),
+    par: Parallelism,
+) {
+    debug_assert_eq!(dst.len(), m * n);
+    // SAFETY: the caller's contract; strides are element counts within the checked views.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            read_dst,
+            a,
+            a_cs as isize,
+            a_rs as isize,
+            b,
+            b_cs as isize,
+            b_rs as isize,
+            if read_dst { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+struct LinearOp;
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "distillery-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (rows, input) = xl.shape().dims2()?;
+        let (output, w_in) = wl.shape().dims2()?;
+        if w_in != input || bl.dims() != [output] {
+            candle_core::bail!(
+                "{name}: x {:?}, weight {:?}, bias {:?} do not line up",
+                xl.dims(),
+                wl.dims(),
+                bl.dims()
+            );
+        }
+        let x = View::new(xs, xl, name, [1, rows, input])?;
+        let w = View::new(ws, wl, name, [1, output, input])?;
+        let bias = super::f32_slice(bs, bl, name)?;
+        let mut y = vec![0f32; rows * output];
+        if output > 0 {
+            for row in y.chunks_exact_mut(output) {
+                row.copy_from_slice(bias);
+            }
+        }
+        if rows > 0 && output > 0 && input > 0 {
+            // y (rows×out) += x (rows×in) · Wᵀ (in×out): Wᵀ is W's view with strides swapped.
+            // SAFETY: views bounds-checked above; y is rows·output.
+            unsafe {
+                gemm_into(
+                    &mut y,
+                    true,
+                    (rows, output, input),
+                    x.ptr(0),
+                    (x.rs, x.cs),
+                    w.ptr(0),
+                    (w.cs, w.rs),
+                    threads(),
+                );
+            }
+        }
+        Ok((CpuStorage::F32(y), (rows, output).into()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = grad.matmul(w)?;
+        let dw = grad.t()?.matmul(x)?;
+        let db = grad.sum(0)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// `x·Wᵀ + b` for `x` [rows, in], `W` [out, in], `b` [out]: one GEMM accumulating onto the
+/// bias on f32 CPU tensors, [`linear_slow`] otherwise.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !(fused_applies(x) && fused_applies(w) && fused_applies(b)) {
+        return linear_slow(x, w, b);
+    }
+    Ok(x.apply_op3(w, &b.contiguous()?, LinearOp)?)
+}
+
+/// The reference: `matmul` then `broadcast_add`.
+pub fn linear_slow(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(x.matmul(&w.t()?)?.broadcast_add(b)?)
+}
+
+struct BmmOp;
+
+impl CustomOp2 for BmmOp {
+    fn name(&self) -> &'static str {
+        "distillery-bmm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (batch, m, k) = l1.shape().dims3()?;
+        let (batch2, k2, n) = l2.shape().dims3()?;
+        if batch2 != batch || k2 != k {
+            candle_core::bail!("{name}: cannot multiply {:?} by {:?}", l1.dims(), l2.dims());
+        }
+        let a = View::new(s1, l1, name, [batch, m, k])?;
+        let b = View::new(s2, l2, name, [batch, k, n])?;
+        let mut out = vec![0f32; batch * m * n];
+        if m * n > 0 {
+            // One whole product per task; each runs single-threaded.
+            out.par_chunks_mut(m * n).enumerate().for_each(|(i, dst)| {
+                if k == 0 {
+                    return;
+                }
+                // SAFETY: views bounds-checked for every batch index; dst is m·n.
+                unsafe {
+                    gemm_into(
+                        dst,
+                        false,
+                        (m, n, k),
+                        a.ptr(i),
+                        (a.rs, a.cs),
+                        b.ptr(i),
+                        (b.rs, b.cs),
+                        Parallelism::None,
+                    );
+                }
+            });
+        }
+        Ok((CpuStorage::F32(out), (batch, m, n).into()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // Transposes are views: the op reads any strides.
+        let da = grad.apply_op2_no_bwd(&b.transpose(1, 2)?, &BmmOp)?;
+        let db = a.transpose(1, 2)?.apply_op2_no_bwd(grad, &BmmOp)?;
+        Ok((Some(da), Some(db)))
+    }
+}
+
+/// Batched `a·b` for `a` [.., m, k] and `b` [.., k, n] with equal leading dims (any strides in
+/// the last two): split across threads by batch on f32 CPU tensors, `Tensor::matmul` otherwise.
+pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !(fused_applies(a) && fused_applies(b)) || a.rank() < 3 || a.rank() != b.rank() {
+        return Ok(a.matmul(b)?);
+    }
+    let lead = &a.dims()[..a.rank() - 2];
+    if lead != &b.dims()[..b.rank() - 2] {
+        return Ok(a.matmul(b)?);
+    }
+    let (m, k) = (a.dim(a.rank() - 2)?, a.dim(a.rank() - 1)?);
+    let n = b.dim(b.rank() - 1)?;
+    let batch: usize = lead.iter().product();
+    let flat = |t: &Tensor, r: usize, c: usize| -> Result<Tensor> {
+        // Leading dims merge without a copy when they are contiguous among themselves.
+        let t = if t.is_contiguous() || t.transpose(t.rank() - 2, t.rank() - 1)?.is_contiguous() {
+            t.clone()
+        } else {
+            t.contiguous()?
+        };
+        Ok(if t.is_contiguous() {
+            t.reshape((batch, r, c))?
+        } else {
+            t.transpose(t.rank() - 2, t.rank() - 1)?
+                .reshape((batch, c, r))?
+                .transpose(1, 2)?
+        })
+    };
+    let y = flat(a, m, k)?.apply_op2(&flat(b, k, n)?, BmmOp)?;
+    let mut out = lead.to_vec();
+    out.extend([m, n]);
+    Ok(y.reshape(out)?)
+}

@@ -1,0 +1,190 @@
+//! The ops a training step adds around the row-wise ones — linear with bias, batched matmul,
+//! softmax with a key mask, counter-based dropout — against candle's composites: values and the
+//! gradient of every differentiable input, on odd shapes and strided views.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use candle_core::{Device, Tensor, Var};
+use common::{assert_close, randn, random_mask, to_vec, Rng};
+use distillery_kernels::fused::*;
+
+/// Values and the gradients w.r.t. every input of `Σ f(inputs)⊙u` (u random), fused vs slow.
+fn compare(
+    name: &str,
+    inputs: &[Tensor],
+    f: &dyn Fn(&[Tensor]) -> Tensor,
+    slow: &dyn Fn(&[Tensor]) -> Tensor,
+    tol: f32,
+) {
+    let run = |g: &dyn Fn(&[Tensor]) -> Tensor| {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let y = g(&ts);
+        let u = randn(&mut Rng::new(11), y.dims(), 1.0);
+        let grads = (&y * &u).unwrap().sum_all().unwrap().backward().unwrap();
+        let gs: Vec<Vec<f32>> = ts
+            .iter()
+            .map(|t| grads.get(t).map(to_vec).unwrap_or_default())
+            .collect();
+        (to_vec(&y), gs)
+    };
+    let (yf, gf) = run(f);
+    let (ys, gs) = run(slow);
+    assert_close(&format!("{name} value"), &yf, &ys, tol);
+    for (i, (a, b)) in gf.iter().zip(&gs).enumerate() {
+        assert_close(&format!("{name} grad {i}"), a, b, tol);
+    }
+}
+
+#[test]
+fn linear_matches_matmul_plus_bias() {
+    let mut rng = Rng::new(1);
+    for (rows, input, output) in [(7, 13, 5), (1, 384, 384), (130, 33, 67), (64, 8, 1)] {
+        let x = randn(&mut rng, &[rows, input], 1.0);
+        let w = randn(&mut rng, &[output, input], 0.3);
+        let b = randn(&mut rng, &[output], 1.0);
+        compare(
+            "linear",
+            &[x, w, b],
+            &|t| linear(&t[0], &t[1], &t[2]).unwrap(),
+            &|t| linear_slow(&t[0], &t[1], &t[2]).unwrap(),
+            1e-5,
+        );
+    }
+    // A transposed weight view and a strided x are read through their strides.
+    let x = randn(&mut rng, &[9, 6], 1.0);
+    let wt = randn(&mut rng, &[6, 4], 1.0);
+    let b = randn(&mut rng, &[4], 1.0);
+    compare(
+        "linear strided",
+        &[x, wt, b],
+        &|t| linear(&t[0].t().unwrap().t().unwrap(), &t[1].t().unwrap(), &t[2]).unwrap(),
+        &|t| linear_slow(&t[0], &t[1].t().unwrap(), &t[2]).unwrap(),
+        1e-5,
+    );
+}
+
+#[test]
+fn bmm_matches_matmul_on_attention_shapes_and_views() {
+    let mut rng = Rng::new(2);
+    for (lead, m, k, n) in [
+        (vec![2, 3], 17, 8, 17),
+        (vec![5], 1, 3, 9),
+        (vec![1, 1], 33, 65, 2),
+    ] {
+        let mut sa = lead.clone();
+        sa.extend([m, k]);
+        let mut sb = lead.clone();
+        sb.extend([n, k]); // used transposed, as kᵀ in q·kᵀ
+        let a = randn(&mut rng, &sa, 1.0);
+        let b = randn(&mut rng, &sb, 1.0);
+        let r = sb.len();
+        compare(
+            "bmm q·kᵀ",
+            &[a, b],
+            &|t| bmm(&t[0], &t[1].transpose(r - 2, r - 1).unwrap()).unwrap(),
+            &|t| t[0].matmul(&t[1].t().unwrap()).unwrap(),
+            1e-5,
+        );
+    }
+    let p = randn(&mut rng, &[2, 4, 16, 16], 1.0);
+    let v = randn(&mut rng, &[2, 4, 16, 8], 1.0);
+    compare(
+        "bmm p·v",
+        &[p, v],
+        &|t| bmm(&t[0], &t[1]).unwrap(),
+        &|t| t[0].matmul(&t[1]).unwrap(),
+        1e-5,
+    );
+    // Leading dims that are not contiguous among themselves (a transposed head axis).
+    let x = randn(&mut rng, &[3, 2, 5, 4], 1.0);
+    let y = randn(&mut rng, &[2, 3, 4, 6], 1.0);
+    compare(
+        "bmm permuted",
+        &[x, y],
+        &|t| bmm(&t[0].transpose(0, 1).unwrap(), &t[1]).unwrap(),
+        &|t| {
+            t[0].transpose(0, 1)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .matmul(&t[1])
+                .unwrap()
+        },
+        1e-5,
+    );
+}
+
+#[test]
+fn masked_softmax_matches_add_then_softmax_and_leaves_the_mask_alone() {
+    let mut rng = Rng::new(3);
+    for (b, h, q, k) in [(3, 2, 5, 13), (2, 12, 16, 128), (4, 1, 1, 7)] {
+        let x = randn(&mut rng, &[b, h, q, k], 3.0);
+        let mask = random_mask(&mut rng, b, k);
+        let bias = ((mask.ones_like().unwrap() - &mask).unwrap() * f64::from(f32::MIN)).unwrap();
+        compare(
+            "masked softmax",
+            &[x, bias],
+            &|t| softmax_last_dim_masked(&t[0], &t[1]).unwrap(),
+            &|t| softmax_last_dim_masked_slow(&t[0], &t[1]).unwrap(),
+            1e-6,
+        );
+    }
+    // The mask is a constant: it gets no gradient, and padded keys get no probability.
+    let x = Var::from_tensor(&randn(&mut rng, &[1, 2, 3, 4], 1.0)).unwrap();
+    let bias = Var::new(&[[0f32, 0.0, f32::MIN, 0.0]], &Device::Cpu).unwrap();
+    let y = softmax_last_dim_masked(x.as_tensor(), bias.as_tensor()).unwrap();
+    let v = to_vec(&y);
+    assert!(v
+        .chunks(4)
+        .all(|r| r[2] == 0.0 && (r.iter().sum::<f32>() - 1.0).abs() < 1e-6));
+    let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(g.get(bias.as_tensor()).is_none() && g.get(x.as_tensor()).is_some());
+}
+
+#[test]
+fn dropout_is_its_reference_bit_for_bit_and_keeps_the_right_share() {
+    let mut rng = Rng::new(4);
+    let x = randn(&mut rng, &[3, 50_001], 1.0); // spans several parallel chunks, odd tail
+    for (p, seed) in [(0.1, 7u64), (0.5, 8)] {
+        let fused = Var::from_tensor(&x).unwrap();
+        let slow = Var::from_tensor(&x).unwrap();
+        let yf = dropout(fused.as_tensor(), p, seed).unwrap();
+        let ys = dropout_slow(slow.as_tensor(), p, seed).unwrap();
+        assert_eq!(to_vec(&yf), to_vec(&ys), "p={p}: values");
+        let u = randn(&mut rng, x.dims(), 1.0);
+        let gf = (&yf * &u).unwrap().sum_all().unwrap().backward().unwrap();
+        let gs = (&ys * &u).unwrap().sum_all().unwrap().backward().unwrap();
+        let (gf, gs) = (
+            to_vec(gf.get(fused.as_tensor()).unwrap()),
+            to_vec(gs.get(slow.as_tensor()).unwrap()),
+        );
+        assert_eq!(gf, gs, "p={p}: gradients");
+        // The gradient is the mask·g: zero exactly where the value was dropped.
+        let (y, xs, uv) = (to_vec(&yf), to_vec(&x), to_vec(&u));
+        for i in (0..y.len()).step_by(997) {
+            let kept = y[i] != 0.0;
+            assert_eq!(
+                gf[i] != 0.0 || uv[i] == 0.0,
+                kept || xs[i] == 0.0,
+                "element {i}"
+            );
+            if kept {
+                let scale = 1.0 / (1.0 - p as f32);
+                assert!((y[i] - xs[i] * scale).abs() <= 1e-6 * y[i].abs().max(1.0));
+            }
+        }
+        let dropped = y.iter().filter(|v| **v == 0.0).count() as f64 / y.len() as f64;
+        assert!((dropped - p).abs() < 0.01, "p={p}: dropped {dropped}");
+    }
+    // Same seed, same mask; another seed, another mask; p = 0 is the identity.
+    let a = to_vec(&dropout(&x, 0.3, 1).unwrap());
+    assert_eq!(a, to_vec(&dropout(&x, 0.3, 1).unwrap()));
+    assert_ne!(a, to_vec(&dropout(&x, 0.3, 2).unwrap()));
+    assert_eq!(to_vec(&dropout(&x, 0.0, 1).unwrap()), to_vec(&x));
+    assert!(dropout(&x, 1.0, 1).is_err());
+}
