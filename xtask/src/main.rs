@@ -30,6 +30,7 @@ mod util;
 const VALUE_FLAGS: [&str; 1] = ["--iters"];
 
 fn main() -> Result<()> {
+    distillery_kernels::memory::retain_freed_buffers();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json = args.iter().any(|a| a == "--json");
     // Positional words: everything but `--flag` and the value after a flag that takes one.

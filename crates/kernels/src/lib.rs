@@ -13,6 +13,7 @@ pub mod bench_support;
 mod device;
 mod error;
 pub mod fused;
+pub mod memory;
 #[cfg(feature = "cuda")]
 mod ptx;
 mod simd;

@@ -177,6 +177,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    distillery_kernels::memory::retain_freed_buffers();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Embed {
