@@ -188,3 +188,28 @@ fn dropout_is_its_reference_bit_for_bit_and_keeps_the_right_share() {
     assert_eq!(to_vec(&dropout(&x, 0.0, 1).unwrap()), to_vec(&x));
     assert!(dropout(&x, 1.0, 1).is_err());
 }
+
+#[test]
+fn split_and_merge_heads_match_reshape_transpose_and_invert_each_other() {
+    let mut rng = Rng::new(5);
+    for (b, s, heads, d) in [(2, 5, 3, 4), (1, 1, 1, 7), (3, 16, 12, 8)] {
+        let x = randn(&mut rng, &[b * s, heads * d], 1.0);
+        compare(
+            "split heads",
+            std::slice::from_ref(&x),
+            &|t| split_heads(&t[0], b, heads).unwrap(),
+            &|t| split_heads_slow(&t[0], b, heads).unwrap(),
+            0.0,
+        );
+        let y = randn(&mut rng, &[b, heads, s, d], 1.0);
+        compare(
+            "merge heads",
+            &[y],
+            &|t| merge_heads(&t[0]).unwrap(),
+            &|t| merge_heads_slow(&t[0]).unwrap(),
+            0.0,
+        );
+        let round = merge_heads(&split_heads(&x, b, heads).unwrap()).unwrap();
+        assert_eq!(to_vec(&round), to_vec(&x));
+    }
+}

@@ -2,6 +2,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
+use distillery_kernels::fused;
 
 use crate::config::BertConfig;
 use crate::error::{ModelError, Result};
@@ -294,7 +295,10 @@ impl BertModel {
         let (heads, d) = (c.num_attention_heads, c.head_dim());
         let x2 = x.reshape((b * s, h))?;
         let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, s, heads, d))?.transpose(1, 2)?.contiguous()?)
+            Ok(match kernels {
+                Kernels::Fused => fused::split_heads(&t, b, heads)?,
+                Kernels::Reference => fused::split_heads_slow(&t, b, heads)?,
+            })
         };
         let q = split(l.query.forward(&x2)?)?;
         let k = split(l.key.forward(&x2)?)?;
@@ -305,9 +309,11 @@ impl BertModel {
         let probs = masked_softmax(&scores, bias, kernels)?;
         let site = format!("layer{index}");
         let probs_dropped = dropout(&probs, p_attn, opts.seed, &format!("{site}.attn"))?;
-        let ctx = bmm(&probs_dropped, &v, kernels)?
-            .transpose(1, 2)?
-            .reshape((b * s, h))?;
+        let ctx = bmm(&probs_dropped, &v, kernels)?;
+        let ctx = match kernels {
+            Kernels::Fused => fused::merge_heads(&ctx)?,
+            Kernels::Reference => fused::merge_heads_slow(&ctx)?,
+        };
         let a = dropout(
             &l.attn_out.forward(&ctx)?,
             p_hidden,

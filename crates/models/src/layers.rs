@@ -48,6 +48,10 @@ impl Linear {
     /// `x` is [rows, input] or [.., input]; leading dims are flattened so one GEMM runs, which
     /// starts from the bias (distillery-kernels' fused linear on f32 CPU tensors).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.rank() == 2 {
+            // No reshape: each is a graph node whose backward costs two full-size passes.
+            return Ok(fused::linear(x, &self.weight, &self.bias)?);
+        }
         let dims = x.dims().to_vec();
         let input = dims[dims.len() - 1];
         let rows = x.elem_count() / input.max(1);

@@ -25,10 +25,13 @@ fn draw(seed: u64, i: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Element i is kept when its top 24 bits, read as a fraction, fall below `keep`.
+/// One draw decides four neighbouring elements, 16 bits each: element i is kept when bits
+/// `16·(i mod 4)..` of draw `i / 4`, read as a fraction, fall below `keep` (so `keep` is
+/// resolved to 1/65536, and the hash, 64-bit multiplies that do not vectorise, runs a quarter as
+/// often).
 #[inline(always)]
-fn scale_of(seed: u64, i: u64, keep: f32, scale: f32) -> f32 {
-    let u = (draw(seed, i) >> 40) as f32 * (1.0 / (1u32 << 24) as f32);
+fn scale_of(seed: u64, i: u64, keep: u32, scale: f32) -> f32 {
+    let u = (draw(seed, i / 4) >> (16 * (i % 4))) as u32 & 0xffff;
     if u < keep {
         scale
     } else {
@@ -36,7 +39,12 @@ fn scale_of(seed: u64, i: u64, keep: f32, scale: f32) -> f32 {
     }
 }
 
-/// Elements per rayon task.
+/// `keep` as a 16-bit threshold.
+fn threshold(keep: f32) -> u32 {
+    (f64::from(keep) * 65536.0).round() as u32
+}
+
+/// Elements per rayon task (a multiple of the four elements one draw decides).
 const CHUNK: usize = 16_384;
 
 #[derive(Debug, Clone, Copy)]
@@ -52,7 +60,7 @@ impl CustomOp1 for DropoutOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
-        let (keep, seed, scale) = (self.keep, self.seed, 1.0 / self.keep);
+        let (keep, seed, scale) = (threshold(self.keep), self.seed, 1.0 / self.keep);
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
@@ -81,7 +89,7 @@ impl CustomOp1 for DropoutOp {
 pub fn dropout_mask(n: usize, p: f64, seed: u64) -> Vec<f32> {
     let keep = (1.0 - p) as f32;
     (0..n as u64)
-        .map(|i| scale_of(seed, i, keep, 1.0 / keep))
+        .map(|i| scale_of(seed, i, threshold(keep), 1.0 / keep))
         .collect()
 }
 

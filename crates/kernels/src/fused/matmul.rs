@@ -33,12 +33,13 @@ impl<'a> View<'a> {
         let CpuStorage::F32(data) = s else {
             candle_core::bail!("{op}: expected an f32 tensor")
         };
-        let st = l.stride();
-        let (batch_stride, rs, cs) = match *st {
-            [b, r, c] => (b, r, c),
-            [r, c] => (0, r, c),
-            _ => candle_core::bail!("{op}: expected a rank 2 or 3 tensor, got {:?}", l.dims()),
-        };
+        let (st, dl) = (l.stride(), l.dims());
+        let rank = st.len();
+        if rank < 2 || !leading_dims_merge(l) {
+            candle_core::bail!("{op}: expected a matrix or a stack of them, got {dl:?} / {st:?}");
+        }
+        let (rs, cs) = (st[rank - 2], st[rank - 1]);
+        let batch_stride = if rank > 2 { st[rank - 3] } else { 0 };
         let offset = l.start_offset();
         let last = offset
             + dims[0].saturating_sub(1) * batch_stride
@@ -60,6 +61,24 @@ impl<'a> View<'a> {
         // In bounds: checked in `new` for every batch < dims[0].
         self.data[self.offset + batch * self.batch_stride..].as_ptr()
     }
+}
+
+/// Whether the dims before the last two index matrices at one regular stride.
+fn leading_dims_merge(l: &Layout) -> bool {
+    let (st, d) = (l.stride(), l.dims());
+    let rank = st.len();
+    if rank < 4 {
+        return true;
+    }
+    // Matrix index j of dims 0..rank-2 must sit at j·st[rank-3].
+    let mut span = st[rank - 3] * d[rank - 3];
+    for i in (0..rank - 3).rev() {
+        if d[i] > 1 && st[i] != span {
+            return false;
+        }
+        span *= d[i];
+    }
+    true
 }
 
 fn threads() -> Parallelism {
@@ -176,7 +195,10 @@ impl CustomOp3 for LinearOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dx = grad.matmul(w)?;
         let dw = grad.t()?.matmul(x)?;
-        let db = grad.sum(0)?;
+        // The bias gradient is a column sum; as a 1×rows GEMM it runs in parallel, where
+        // candle's reduction over dim 0 is a strided serial loop.
+        let ones = Tensor::ones((1, grad.dim(0)?), grad.dtype(), grad.device())?;
+        let db = ones.matmul(grad)?.squeeze(0)?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
 }
@@ -210,11 +232,13 @@ impl CustomOp2 for BmmOp {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let name = self.name();
-        let (batch, m, k) = l1.shape().dims3()?;
-        let (batch2, k2, n) = l2.shape().dims3()?;
-        if batch2 != batch || k2 != k {
+        let (d1, d2) = (l1.dims(), l2.dims());
+        let r = d1.len();
+        if r < 3 || d2.len() != r || d1[..r - 2] != d2[..r - 2] || d1[r - 1] != d2[r - 2] {
             candle_core::bail!("{name}: cannot multiply {:?} by {:?}", l1.dims(), l2.dims());
         }
+        let batch: usize = d1[..r - 2].iter().product();
+        let (m, k, n) = (d1[r - 2], d1[r - 1], d2[r - 1]);
         let a = View::new(s1, l1, name, [batch, m, k])?;
         let b = View::new(s2, l2, name, [batch, k, n])?;
         let mut out = vec![0f32; batch * m * n];
@@ -239,7 +263,9 @@ impl CustomOp2 for BmmOp {
                 }
             });
         }
-        Ok((CpuStorage::F32(out), (batch, m, n).into()))
+        let mut shape = d1[..r - 2].to_vec();
+        shape.extend([m, n]);
+        Ok((CpuStorage::F32(out), shape.into()))
     }
 
     fn bwd(
@@ -250,42 +276,36 @@ impl CustomOp2 for BmmOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // Transposes are views: the op reads any strides.
-        let da = grad.apply_op2_no_bwd(&b.transpose(1, 2)?, &BmmOp)?;
-        let db = a.transpose(1, 2)?.apply_op2_no_bwd(grad, &BmmOp)?;
+        let r = a.rank();
+        let grad = if leading_dims_merge(grad.layout()) {
+            grad.clone()
+        } else {
+            grad.contiguous()?
+        };
+        let da = grad.apply_op2_no_bwd(&b.transpose(r - 2, r - 1)?, &BmmOp)?;
+        let db = a.transpose(r - 2, r - 1)?.apply_op2_no_bwd(&grad, &BmmOp)?;
         Ok((Some(da), Some(db)))
     }
 }
 
 /// Batched `a·b` for `a` [.., m, k] and `b` [.., k, n] with equal leading dims (any strides in
 /// the last two): split across threads by batch on f32 CPU tensors, `Tensor::matmul` otherwise.
+/// No reshapes: each would be a graph node costing two full-size passes in the backward.
 pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if !(fused_applies(a) && fused_applies(b)) || a.rank() < 3 || a.rank() != b.rank() {
+    let r = a.rank();
+    if !(fused_applies(a) && fused_applies(b))
+        || r < 3
+        || b.rank() != r
+        || a.dims()[..r - 2] != b.dims()[..r - 2]
+    {
         return Ok(a.matmul(b)?);
     }
-    let lead = &a.dims()[..a.rank() - 2];
-    if lead != &b.dims()[..b.rank() - 2] {
-        return Ok(a.matmul(b)?);
-    }
-    let (m, k) = (a.dim(a.rank() - 2)?, a.dim(a.rank() - 1)?);
-    let n = b.dim(b.rank() - 1)?;
-    let batch: usize = lead.iter().product();
-    let flat = |t: &Tensor, r: usize, c: usize| -> Result<Tensor> {
-        // Leading dims merge without a copy when they are contiguous among themselves.
-        let t = if t.is_contiguous() || t.transpose(t.rank() - 2, t.rank() - 1)?.is_contiguous() {
+    let merged = |t: &Tensor| -> Result<Tensor> {
+        Ok(if leading_dims_merge(t.layout()) {
             t.clone()
         } else {
             t.contiguous()?
-        };
-        Ok(if t.is_contiguous() {
-            t.reshape((batch, r, c))?
-        } else {
-            t.transpose(t.rank() - 2, t.rank() - 1)?
-                .reshape((batch, c, r))?
-                .transpose(1, 2)?
         })
     };
-    let y = flat(a, m, k)?.apply_op2(&flat(b, k, n)?, BmmOp)?;
-    let mut out = lead.to_vec();
-    out.extend([m, n]);
-    Ok(y.reshape(out)?)
+    Ok(merged(a)?.apply_op2(&merged(b)?, BmmOp)?)
 }

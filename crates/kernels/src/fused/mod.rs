@@ -10,12 +10,14 @@
 
 mod dropout;
 mod gelu;
+mod heads;
 mod layer_norm;
 mod matmul;
 mod softmax;
 
 pub use dropout::{dropout, dropout_mask, dropout_slow};
 pub use gelu::{gelu_erf, gelu_erf_slow};
+pub use heads::{merge_heads, merge_heads_slow, split_heads, split_heads_slow};
 pub use layer_norm::{layer_norm, layer_norm_slow};
 pub use matmul::{bmm, linear, linear_slow};
 pub use softmax::{
