@@ -91,6 +91,15 @@ fn bmm_matches_matmul_on_attention_shapes_and_views() {
             1e-5,
         );
     }
+    let q = randn(&mut rng, &[2, 3, 9, 8], 1.0);
+    let k = randn(&mut rng, &[2, 3, 11, 8], 1.0);
+    compare(
+        "bmm scaled",
+        &[q, k],
+        &|t| bmm_scaled(&t[0], &t[1].t().unwrap(), 0.125).unwrap(),
+        &|t| bmm_scaled_slow(&t[0], &t[1].t().unwrap(), 0.125).unwrap(),
+        1e-5,
+    );
     let p = randn(&mut rng, &[2, 4, 16, 16], 1.0);
     let v = randn(&mut rng, &[2, 4, 16, 8], 1.0);
     compare(

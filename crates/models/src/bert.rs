@@ -303,13 +303,13 @@ impl BertModel {
         let q = split(l.query.forward(&x2)?)?;
         let k = split(l.key.forward(&x2)?)?;
         let v = split(l.value.forward(&x2)?)?;
-        // Scale q (b·h·s·d values) rather than the scores (b·h·s·s).
+        // The 1/√d scale rides on the scores GEMM (no separate pass, no graph node).
         let scale = 1.0 / (d as f64).sqrt();
-        let scores = bmm(&(&q * scale)?, &k.t()?, kernels)?;
+        let scores = bmm(&q, &k.t()?, scale, kernels)?;
         let probs = masked_softmax(&scores, bias, kernels)?;
         let site = format!("layer{index}");
         let probs_dropped = dropout(&probs, p_attn, opts.seed, &format!("{site}.attn"))?;
-        let ctx = bmm(&probs_dropped, &v, kernels)?;
+        let ctx = bmm(&probs_dropped, &v, 1.0, kernels)?;
         let ctx = match kernels {
             Kernels::Fused => fused::merge_heads(&ctx)?,
             Kernels::Reference => fused::merge_heads_slow(&ctx)?,

@@ -129,11 +129,11 @@ pub fn masked_softmax(scores: &Tensor, key_bias: &Tensor, kernels: Kernels) -> R
     })
 }
 
-/// Batched matrix product over the leading dims (attention's per-head products).
-pub fn bmm(a: &Tensor, b: &Tensor, kernels: Kernels) -> Result<Tensor> {
+/// `scale · a·b` batched over the leading dims (attention's per-head products).
+pub fn bmm(a: &Tensor, b: &Tensor, scale: f64, kernels: Kernels) -> Result<Tensor> {
     Ok(match kernels {
-        Kernels::Fused => fused::bmm(a, b)?,
-        Kernels::Reference => a.matmul(b)?,
+        Kernels::Fused => fused::bmm_scaled(a, b, scale)?,
+        Kernels::Reference => fused::bmm_scaled_slow(a, b, scale)?,
     })
 }
 

@@ -88,7 +88,7 @@ fn threads() -> Parallelism {
     }
 }
 
-/// `dst (m×n, contiguous) = [dst +] a·b` for one matrix of each view.
+/// `dst (m×n, contiguous) = [dst +] scale·a·b` for one matrix of each view.
 ///
 /// # Safety
 /// `dst` holds m·n floats; `a` and `b` were bounds-checked for (m, k) and (k, n).
@@ -101,6 +101,7 @@ unsafe fn gemm_into(
     (a_rs, a_cs): (usize, usize),
     b: *const f32,
     (b_rs, b_cs): (usize, usize),
+    scale: f32,
     par: Parallelism,
 ) {
     debug_assert_eq!(dst.len(), m * n);
@@ -121,7 +122,7 @@ unsafe fn gemm_into(
             b_cs as isize,
             b_rs as isize,
             if read_dst { 1.0 } else { 0.0 },
-            1.0,
+            scale,
             false,
             false,
             false,
@@ -178,6 +179,7 @@ impl CustomOp3 for LinearOp {
                     (x.rs, x.cs),
                     w.ptr(0),
                     (w.cs, w.rs),
+                    1.0,
                     threads(),
                 );
             }
@@ -217,7 +219,11 @@ pub fn linear_slow(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(x.matmul(&w.t()?)?.broadcast_add(b)?)
 }
 
-struct BmmOp;
+/// `scale·a·b`; the scale rides on the GEMM (attention's 1/√d) instead of a separate pass.
+#[derive(Debug, Clone, Copy)]
+struct BmmOp {
+    scale: f32,
+}
 
 impl CustomOp2 for BmmOp {
     fn name(&self) -> &'static str {
@@ -258,6 +264,7 @@ impl CustomOp2 for BmmOp {
                         (a.rs, a.cs),
                         b.ptr(i),
                         (b.rs, b.cs),
+                        self.scale,
                         Parallelism::None,
                     );
                 }
@@ -282,8 +289,8 @@ impl CustomOp2 for BmmOp {
         } else {
             grad.contiguous()?
         };
-        let da = grad.apply_op2_no_bwd(&b.transpose(r - 2, r - 1)?, &BmmOp)?;
-        let db = a.transpose(r - 2, r - 1)?.apply_op2_no_bwd(&grad, &BmmOp)?;
+        let da = grad.apply_op2_no_bwd(&b.transpose(r - 2, r - 1)?, self)?;
+        let db = a.transpose(r - 2, r - 1)?.apply_op2_no_bwd(&grad, self)?;
         Ok((Some(da), Some(db)))
     }
 }
@@ -292,13 +299,18 @@ impl CustomOp2 for BmmOp {
 /// the last two): split across threads by batch on f32 CPU tensors, `Tensor::matmul` otherwise.
 /// No reshapes: each would be a graph node costing two full-size passes in the backward.
 pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    bmm_scaled(a, b, 1.0)
+}
+
+/// `scale · a·b` as [`bmm`], the scale applied inside the GEMM.
+pub fn bmm_scaled(a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
     let r = a.rank();
     if !(fused_applies(a) && fused_applies(b))
         || r < 3
         || b.rank() != r
         || a.dims()[..r - 2] != b.dims()[..r - 2]
     {
-        return Ok(a.matmul(b)?);
+        return bmm_scaled_slow(a, b, scale);
     }
     let merged = |t: &Tensor| -> Result<Tensor> {
         Ok(if leading_dims_merge(t.layout()) {
@@ -307,5 +319,17 @@ pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             t.contiguous()?
         })
     };
-    Ok(merged(a)?.apply_op2(&merged(b)?, BmmOp)?)
+    let op = BmmOp {
+        scale: scale as f32,
+    };
+    Ok(merged(a)?.apply_op2(&merged(b)?, op)?)
+}
+
+/// The reference: scale `a`, then candle's `matmul`.
+pub fn bmm_scaled_slow(a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
+    Ok(if scale == 1.0 {
+        a.matmul(b)?
+    } else {
+        (a * scale)?.matmul(b)?
+    })
 }

@@ -19,7 +19,7 @@ pub use dropout::{dropout, dropout_mask, dropout_slow};
 pub use gelu::{gelu_erf, gelu_erf_slow};
 pub use heads::{merge_heads, merge_heads_slow, split_heads, split_heads_slow};
 pub use layer_norm::{layer_norm, layer_norm_slow};
-pub use matmul::{bmm, linear, linear_slow};
+pub use matmul::{bmm, bmm_scaled, bmm_scaled_slow, linear, linear_slow};
 pub use softmax::{
     softmax_last_dim, softmax_last_dim_masked, softmax_last_dim_masked_slow, softmax_last_dim_slow,
 };
