@@ -33,6 +33,10 @@ pub fn run(json: bool, args: &[String]) -> Result<()> {
         .unwrap_or("10")
         .parse()
         .context("--iters")?;
+    let rounds: usize = util::flag(args, "--rounds")
+        .unwrap_or("3")
+        .parse()
+        .context("--rounds")?;
     let model = util::root().join("fixtures/all-MiniLM-L6-v2");
     if !model.join("model.safetensors").is_file() {
         bail!(
@@ -42,60 +46,105 @@ pub fn run(json: bool, args: &[String]) -> Result<()> {
     }
     let model_s = model.to_str().context("non-UTF-8 path")?;
     let exe = std::env::current_exe()?;
-    let mut rows = Vec::new();
     let iters_s = iters.to_string();
-    for mode in MODES {
-        let args = ["bench-step-child", model_s, &iters_s, mode];
-        rows.push(util::json_from(
-            exe.as_os_str(),
-            &args,
-            &format!("the candle step bench ({mode})"),
-        )?);
-    }
     let (b, s) = (BATCH.to_string(), SEQ.to_string());
-    rows.extend(util::torch_baseline(
-        "step_torch.py",
-        &[model_s, &b, &s, &iters_s],
-    )?);
-    for r in &rows {
-        if json {
-            println!("{r}");
-        } else {
-            println!(
-                "{:<28} median {:>8.1} ms   peak RSS {:>7.0} MiB{}",
-                r["impl"].as_str().unwrap_or("?"),
-                r["median_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
-                r["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
-                r["import_baseline_rss_mib"]
-                    .as_f64()
-                    .map_or(String::new(), |b| format!(" (import baseline {b:.0} MiB)"))
-            );
+    // Rounds alternate the implementations, so that a slow spell of a shared machine lands on
+    // all of them; the ratios are taken within a round, then their median reported.
+    let mut all: Vec<Vec<serde_json::Value>> = Vec::new();
+    for round in 0..rounds.max(1) {
+        let mut rows = Vec::new();
+        for mode in MODES {
+            let args = ["bench-step-child", model_s, &iters_s, mode];
+            let mut r = util::json_from(
+                exe.as_os_str(),
+                &args,
+                &format!("the candle step bench ({mode})"),
+            )?;
+            r["round"] = round.into();
+            rows.push(r);
         }
+        if let Some(mut t) = util::torch_baseline("step_torch.py", &[model_s, &b, &s, &iters_s])? {
+            t["round"] = round.into();
+            rows.push(t);
+        }
+        for r in &rows {
+            if json {
+                println!("{r}");
+            } else {
+                println!(
+                    "round {round}: {:<26} median {:>8.1} ms   peak RSS {:>7.0} MiB{}",
+                    r["impl"].as_str().unwrap_or("?"),
+                    secs(r) * 1e3,
+                    r["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
+                    r["import_baseline_rss_mib"]
+                        .as_f64()
+                        .map_or(String::new(), |b| format!(" (import baseline {b:.0} MiB)"))
+                );
+            }
+        }
+        all.push(rows);
     }
-    let by = |name: &str| rows.iter().find(|r| r["impl"].as_str() == Some(name));
-    if let (Some(c), Some(k)) = (by("distillery-step-teacher"), by("distillery-step-cache")) {
-        let speedup =
-            c["median_s"].as_f64().unwrap_or(f64::NAN) / k["median_s"].as_f64().unwrap_or(f64::NAN);
-        if !json {
-            println!(
-                "teacher read from the cache: {speedup:.2}x faster than running it (goal >= 1.8)"
-            );
-        }
+    let by = |rows: &[serde_json::Value], name: &str| {
+        rows.iter()
+            .find(|r| r["impl"].as_str() == Some(name))
+            .cloned()
+    };
+    let ratios = |num: &str, den: &str| -> Vec<f64> {
+        all.iter()
+            .filter_map(|rows| Some(secs(&by(rows, num)?) / secs(&by(rows, den)?)))
+            .collect()
+    };
+    let mut speedups = ratios("distillery-step-teacher", "distillery-step-cache");
+    let mut vs_torch = ratios("distillery-step-teacher", "pytorch-eager");
+    let summary = serde_json::json!({
+        "rounds": all.len(),
+        "cache_speedup_median": median_or_nan(&mut speedups),
+        "cache_speedups": speedups,
+        "ratio_vs_torch_median": median_or_nan(&mut vs_torch),
+        "ratios_vs_torch": vs_torch,
+    });
+    if json {
+        println!("{summary}");
+        return Ok(());
     }
-    if let (Some(c), Some(t)) = (by("distillery-step-teacher"), by("pytorch-eager")) {
-        let ratio =
-            c["median_s"].as_f64().unwrap_or(f64::NAN) / t["median_s"].as_f64().unwrap_or(f64::NAN);
-        let budget = t["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
-            - t["import_baseline_rss_mib"].as_f64().unwrap_or(f64::NAN);
-        if !json {
-            println!("step time ratio distillery / pytorch: {ratio:.2} (goal <= 1.0)");
-            println!(
-                "peak RSS {:.0} MiB vs pytorch's minus its import baseline {budget:.0} MiB",
-                c["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
-            );
-        }
+    if !speedups.is_empty() {
+        println!(
+            "teacher read from the cache: {:.2}x faster than running it, median of {speedups:.2?} (goal >= 1.8)",
+            util::median(&mut speedups)
+        );
+    }
+    if !vs_torch.is_empty() {
+        println!(
+            "step time ratio distillery / pytorch: {:.2}, median of {vs_torch:.2?} (goal <= 1.0)",
+            util::median(&mut vs_torch)
+        );
+    }
+    let peak = |name: &str, field: &str| {
+        all.iter()
+            .filter_map(|rows| by(rows, name)?[field].as_f64())
+            .fold(f64::NAN, f64::max)
+    };
+    let budget =
+        peak("pytorch-eager", "peak_rss_mib") - peak("pytorch-eager", "import_baseline_rss_mib");
+    if budget.is_finite() {
+        println!(
+            "peak RSS {:.0} MiB vs pytorch's minus its import baseline {budget:.0} MiB",
+            peak("distillery-step-teacher", "peak_rss_mib")
+        );
     }
     Ok(())
+}
+
+fn median_or_nan(xs: &mut [f64]) -> f64 {
+    if xs.is_empty() {
+        f64::NAN
+    } else {
+        util::median(xs)
+    }
+}
+
+fn secs(r: &serde_json::Value) -> f64 {
+    r["median_s"].as_f64().unwrap_or(f64::NAN)
 }
 
 /// Step durations from the trainer's reports.

@@ -5,7 +5,7 @@
 //! cargo xtask bench attention-kl [--json] [--iters N]
 //!                                      fused vs slow vs PyTorch attention KL, fwd + bwd
 //! cargo xtask bench ops                per-op cost of one MiniLM layer (profiling aid)
-//! cargo xtask bench step [--json] [--iters N]
+//! cargo xtask bench step [--json] [--iters N] [--rounds R]
 //!                                      one distillation step (MiniLM teacher, 3-layer student,
 //!                                      b32 x s128, all three losses, AdamW) vs PyTorch eager
 //! cargo xtask export-check             a saved student loads in Python transformers, same outputs
@@ -27,7 +27,7 @@ mod kernels;
 mod util;
 
 /// Flags followed by a value.
-const VALUE_FLAGS: [&str; 1] = ["--iters"];
+const VALUE_FLAGS: [&str; 2] = ["--iters", "--rounds"];
 
 fn main() -> Result<()> {
     distillery_kernels::memory::retain_freed_buffers();

@@ -1,4 +1,4 @@
-//! The fused row-wise ops on the portable (non-AVX2) path. A separate binary because the path is
+//! The fused row-wise ops (and the masked softmax) on the portable (non-AVX2) path. A separate binary because the path is
 //! chosen through an environment variable.
 #![allow(clippy::unwrap_used)]
 
@@ -31,5 +31,15 @@ fn portable_path_matches_the_references() {
         &to_vec(&layer_norm(&x, &w, &b, 1e-12).unwrap()),
         &to_vec(&layer_norm_slow(&x, &w, &b, 1e-12).unwrap()),
         2e-5,
+    );
+    // Scores [5, 1, 37] with a key mask [5, 37] (one group per row).
+    let scores = x.unsqueeze(1).unwrap();
+    let mask = common::random_mask(&mut rng, 5, 37);
+    let bias = ((mask.ones_like().unwrap() - &mask).unwrap() * f64::from(f32::MIN)).unwrap();
+    assert_close(
+        "masked softmax",
+        &to_vec(&softmax_last_dim_masked(&scores, &bias).unwrap()),
+        &to_vec(&softmax_last_dim_masked_slow(&scores, &bias).unwrap()),
+        1e-6,
     );
 }
