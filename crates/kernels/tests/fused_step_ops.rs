@@ -222,3 +222,33 @@ fn split_and_merge_heads_match_reshape_transpose_and_invert_each_other() {
         assert_eq!(to_vec(&round), to_vec(&x));
     }
 }
+
+#[test]
+fn embeddings_match_index_select_and_adds_for_all_three_tables() {
+    let mut rng = Rng::new(6);
+    let (vocab, types, positions, h) = (50, 2, 16, 12);
+    let (b, s) = (3, 7);
+    let ids: Vec<u32> = (0..b * s).map(|i| (i * 7 % vocab) as u32).collect(); // repeats
+    let tys: Vec<u32> = (0..b * s).map(|i| (i % 3 == 0) as u32).collect();
+    let ids = Tensor::from_vec(ids, (b, s), &Device::Cpu).unwrap();
+    let tys = Tensor::from_vec(tys, (b, s), &Device::Cpu).unwrap();
+    let tables = [
+        randn(&mut rng, &[vocab, h], 1.0),
+        randn(&mut rng, &[types, h], 1.0),
+        randn(&mut rng, &[positions, h], 1.0),
+    ];
+    compare(
+        "embeddings",
+        &tables,
+        &|t| embeddings(&t[0], &t[1], &t[2], &ids, &tys).unwrap(),
+        &|t| embeddings_slow(&t[0], &t[1], &t[2], &ids, &tys).unwrap(),
+        1e-6,
+    );
+    // Out-of-range ids and over-long sequences are errors, not panics.
+    let bad = Tensor::new(&[[0u32, vocab as u32]], &Device::Cpu).unwrap();
+    let zeros = bad.zeros_like().unwrap();
+    let err = embeddings(&tables[0], &tables[1], &tables[2], &bad, &zeros).unwrap_err();
+    assert!(err.to_string().contains("outside the vocabulary"), "{err}");
+    let long = Tensor::zeros((1, positions + 1), candle_core::DType::U32, &Device::Cpu).unwrap();
+    assert!(embeddings(&tables[0], &tables[1], &tables[2], &long, &long).is_err());
+}

@@ -235,16 +235,12 @@ impl BertModel {
         };
 
         let e = &self.embeddings;
-        let words = e
-            .word
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, s, c.hidden_size))?;
-        let pos = e.position.narrow(0, 0, s)?.unsqueeze(0)?;
-        let typ = e
-            .token_type
-            .index_select(&types.flatten_all()?, 0)?
-            .reshape((b, s, c.hidden_size))?;
-        let x = words.add(&typ)?.broadcast_add(&pos)?;
+        let x = match kernels {
+            Kernels::Fused => fused::embeddings(&e.word, &e.token_type, &e.position, &ids, &types)?,
+            Kernels::Reference => {
+                fused::embeddings_slow(&e.word, &e.token_type, &e.position, &ids, &types)?
+            }
+        };
         let x = e.norm.forward(&x, kernels)?;
         let mut x = dropout(&x, p_hidden, opts.seed, "embeddings")?;
 

@@ -9,6 +9,7 @@
 //! compare against.
 
 mod dropout;
+mod embeddings;
 mod gelu;
 mod heads;
 mod layer_norm;
@@ -16,6 +17,7 @@ mod matmul;
 mod softmax;
 
 pub use dropout::{dropout, dropout_mask, dropout_slow};
+pub use embeddings::{embeddings, embeddings_slow};
 pub use gelu::{gelu_erf, gelu_erf_slow};
 pub use heads::{merge_heads, merge_heads_slow, split_heads, split_heads_slow};
 pub use layer_norm::{layer_norm, layer_norm_slow};
