@@ -18,11 +18,12 @@ struct Heads {
     dim: usize,
 }
 
+/// `split`: [b·s, h] → [b, heads, s, d]; otherwise the inverse. Each is the other's backward.
 #[derive(Debug, Clone, Copy)]
-struct SplitOp(Heads);
-
-#[derive(Debug, Clone, Copy)]
-struct MergeOp(Heads);
+struct HeadsOp {
+    heads: Heads,
+    split: bool,
+}
 
 /// Copies between the token-major [b, s, heads, d] order and the head-major [b, heads, s, d].
 fn permute(x: &[f32], g: Heads, split: bool) -> Vec<f32> {
@@ -53,21 +54,27 @@ fn permute(x: &[f32], g: Heads, split: bool) -> Vec<f32> {
     out
 }
 
-impl CustomOp1 for SplitOp {
+impl CustomOp1 for HeadsOp {
     fn name(&self) -> &'static str {
-        "distillery-split-heads"
+        if self.split {
+            "distillery-split-heads"
+        } else {
+            "distillery-merge-heads"
+        }
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = self.0;
+        let g = self.heads;
         let x = f32_slice(s, l, self.name())?;
         if x.len() != g.batch * g.seq * g.heads * g.dim {
             candle_core::bail!("{}: {:?} does not hold {g:?}", self.name(), l.dims());
         }
-        Ok((
-            CpuStorage::F32(permute(x, g, true)),
-            (g.batch, g.heads, g.seq, g.dim).into(),
-        ))
+        let shape: Shape = if self.split {
+            (g.batch, g.heads, g.seq, g.dim).into()
+        } else {
+            (g.batch * g.seq, g.heads * g.dim).into()
+        };
+        Ok((CpuStorage::F32(permute(x, g, self.split)), shape))
     }
 
     fn bwd(
@@ -76,34 +83,11 @@ impl CustomOp1 for SplitOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&MergeOp(self.0))?))
-    }
-}
-
-impl CustomOp1 for MergeOp {
-    fn name(&self) -> &'static str {
-        "distillery-merge-heads"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = self.0;
-        let x = f32_slice(s, l, self.name())?;
-        if x.len() != g.batch * g.seq * g.heads * g.dim {
-            candle_core::bail!("{}: {:?} does not hold {g:?}", self.name(), l.dims());
-        }
-        Ok((
-            CpuStorage::F32(permute(x, g, false)),
-            (g.batch * g.seq, g.heads * g.dim).into(),
-        ))
-    }
-
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&SplitOp(self.0))?))
+        let inverse = HeadsOp {
+            split: !self.split,
+            ..*self
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&inverse)?))
     }
 }
 
@@ -119,7 +103,10 @@ pub fn split_heads(x: &Tensor, batch: usize, heads: usize) -> Result<Tensor> {
     if !fused_applies(x) || g.batch * g.seq != rows || g.heads * g.dim != h {
         return split_heads_slow(x, batch, heads);
     }
-    Ok(x.contiguous()?.apply_op1(SplitOp(g))?)
+    Ok(x.contiguous()?.apply_op1(HeadsOp {
+        heads: g,
+        split: true,
+    })?)
 }
 
 /// The reference: reshape, transpose, copy.
@@ -144,7 +131,10 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
         heads,
         dim,
     };
-    Ok(x.contiguous()?.apply_op1(MergeOp(g))?)
+    Ok(x.contiguous()?.apply_op1(HeadsOp {
+        heads: g,
+        split: false,
+    })?)
 }
 
 /// The reference: transpose, then reshape (which copies).
