@@ -83,6 +83,7 @@ pub fn child(model_dir: &str, iters: usize) -> Result<()> {
         serde_json::json!({
             "impl": "distillery-candle",
             "threads": rayon_threads(),
+            "gemm": distillery_kernels::gemm_backend(),
             "batch": BATCH, "seq": SEQ,
             "median_s": util::median(&mut times),
             "min_s": min,

@@ -72,13 +72,16 @@ pub fn run(json: bool, args: &[String]) -> Result<()> {
                 println!("{r}");
             } else {
                 println!(
-                    "round {round}: {:<26} median {:>8.1} ms   peak RSS {:>7.0} MiB{}",
+                    "round {round}: {:<26} median {:>8.1} ms   peak RSS {:>7.0} MiB{}{}",
                     r["impl"].as_str().unwrap_or("?"),
                     secs(r) * 1e3,
                     r["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
                     r["import_baseline_rss_mib"]
                         .as_f64()
-                        .map_or(String::new(), |b| format!(" (import baseline {b:.0} MiB)"))
+                        .map_or(String::new(), |b| format!(" (import baseline {b:.0} MiB)")),
+                    r["gemm"]
+                        .as_str()
+                        .map_or(String::new(), |g| format!("   GEMM: {g}"))
                 );
             }
         }
@@ -304,6 +307,7 @@ pub fn child(model_dir: &str, iters: usize, mode: &str) -> Result<()> {
             "min_s": min,
             "peak_rss_mib": util::peak_rss_mib(),
             "dtype": format!("{:?}", DType::F32),
+            "gemm": distillery_kernels::gemm_backend(),
         })
     );
     Ok(())

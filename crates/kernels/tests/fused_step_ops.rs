@@ -68,6 +68,61 @@ fn linear_matches_matmul_plus_bias() {
     );
 }
 
+/// Products of at least 4M multiply-adds run on OpenBLAS when it is loaded (the gemm crate
+/// otherwise, see `gemm_backend_is_the_expected_one`): forward and both backward GEMMs, with
+/// rows split across threads and transposed operands.
+#[test]
+fn large_products_match_candle_whichever_gemm_runs_them() {
+    let mut rng = Rng::new(5);
+    let x = randn(&mut rng, &[261, 190], 1.0);
+    let w = randn(&mut rng, &[171, 190], 0.3);
+    let b = randn(&mut rng, &[171], 1.0);
+    compare(
+        "large linear",
+        &[x, w, b],
+        &|t| linear(&t[0], &t[1], &t[2]).unwrap(),
+        &|t| linear_slow(&t[0], &t[1], &t[2]).unwrap(),
+        2e-5,
+    );
+    // Plain matrices through `bmm`, one a transposed view.
+    let a = randn(&mut rng, &[203, 301], 1.0);
+    let c = randn(&mut rng, &[203, 160], 1.0);
+    compare(
+        "large bmm rank 2",
+        &[a, c],
+        &|t| bmm_scaled(&t[0].t().unwrap(), &t[1], 0.5).unwrap(),
+        &|t| bmm_scaled_slow(&t[0].t().unwrap(), &t[1], 0.5).unwrap(),
+        2e-5,
+    );
+    // Fewer products than threads: each is split by rows instead.
+    let p = randn(&mut rng, &[1, 257, 130], 1.0);
+    let q = randn(&mut rng, &[1, 130, 129], 1.0);
+    compare(
+        "large bmm batch 1",
+        &[p, q],
+        &|t| bmm(&t[0], &t[1]).unwrap(),
+        &|t| t[0].matmul(&t[1]).unwrap(),
+        2e-5,
+    );
+}
+
+/// CI installs OpenBLAS and sets `DISTILLERY_EXPECT_GEMM=openblas`, so that a failure to load
+/// it (which would silently fall back to the slower gemm crate) fails the build.
+#[test]
+fn gemm_backend_is_the_expected_one() {
+    let backend = distillery_kernels::gemm_backend();
+    match std::env::var("DISTILLERY_EXPECT_GEMM") {
+        Ok(want) => assert!(
+            backend.starts_with(&want),
+            "GEMM backend is {backend:?}, DISTILLERY_EXPECT_GEMM wants {want:?}"
+        ),
+        Err(_) => assert!(
+            backend.starts_with("openblas (") || backend.starts_with("gemm crate ("),
+            "{backend:?}"
+        ),
+    }
+}
+
 #[test]
 fn bmm_matches_matmul_on_attention_shapes_and_views() {
     let mut rng = Rng::new(2);

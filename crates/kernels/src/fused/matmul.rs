@@ -8,7 +8,8 @@
 //!   candle loops over the batch and asks gemm to parallelise each small product, which it
 //!   does not, so one core idles; here the batch is split across threads instead.
 //!
-//! f32 on the CPU only; other dtypes and devices use candle's ops ([`linear_slow`],
+//! Both run large products on OpenBLAS when [`crate::blas`] could load it, on the gemm crate
+//! otherwise. f32 on the CPU only; other dtypes and devices use candle's ops ([`linear_slow`],
 //! `Tensor::matmul`), which are also the references in the tests.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
@@ -16,6 +17,7 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::fused_applies;
+use crate::blas;
 use crate::error::Result;
 
 /// The f32 data of a storage and a bounds-checked view of one operand: `batch` matrices of
@@ -81,14 +83,24 @@ fn leading_dims_merge(l: &Layout) -> bool {
     true
 }
 
-fn threads() -> Parallelism {
-    match rayon::current_num_threads() {
-        0 | 1 => Parallelism::None,
-        n => Parallelism::Rayon(n),
-    }
+/// How many threads one product may use.
+#[derive(Debug, Clone, Copy)]
+enum Threads {
+    /// The caller already runs products in parallel (one per batch item).
+    One,
+    /// All of rayon's threads.
+    All,
 }
 
-/// `dst (m×n, contiguous) = [dst +] scale·a·b` for one matrix of each view.
+/// Products below this many multiply-adds stay on the gemm crate: on attention's 128×128×32
+/// blocks OpenBLAS's per-call set-up outweighs its faster kernel (71 vs 76 GFLOP/s measured).
+const BLAS_MIN_MACS: usize = 1 << 22;
+
+/// Rows of a product per thread below which splitting it is not worth a task.
+const MIN_SPLIT_ROWS: usize = 64;
+
+/// `dst (m×n, contiguous) = [dst +] scale·a·b` for one matrix of each view: OpenBLAS for large
+/// products when it is loaded ([`crate::blas`]), the gemm crate otherwise.
 ///
 /// # Safety
 /// `dst` holds m·n floats; `a` and `b` were bounds-checked for (m, k) and (k, n).
@@ -98,13 +110,39 @@ unsafe fn gemm_into(
     read_dst: bool,
     (m, n, k): (usize, usize, usize),
     a: *const f32,
-    (a_rs, a_cs): (usize, usize),
+    a_strides: (usize, usize),
     b: *const f32,
-    (b_rs, b_cs): (usize, usize),
+    b_strides: (usize, usize),
     scale: f32,
-    par: Parallelism,
+    threads: Threads,
 ) {
     debug_assert_eq!(dst.len(), m * n);
+    if m * n * k >= BLAS_MIN_MACS && blas::expressible((m, n, k), a_strides, b_strides) {
+        if let Some(lib) = blas::openblas() {
+            // SAFETY: the caller's contract.
+            unsafe {
+                blas_into(
+                    lib,
+                    dst,
+                    read_dst,
+                    (m, n, k),
+                    a,
+                    a_strides,
+                    b,
+                    b_strides,
+                    scale,
+                    threads,
+                )
+            };
+            return;
+        }
+    }
+    let par = match (threads, rayon::current_num_threads()) {
+        (Threads::One, _) | (_, 0 | 1) => Parallelism::None,
+        (Threads::All, t) => Parallelism::Rayon(t),
+    };
+    let (a_rs, a_cs) = a_strides;
+    let (b_rs, b_cs) = b_strides;
     // SAFETY: the caller's contract; strides are element counts within the checked views.
     unsafe {
         gemm(
@@ -129,6 +167,54 @@ unsafe fn gemm_into(
             par,
         );
     }
+}
+
+/// [`gemm_into`] on single-threaded OpenBLAS, rows of `dst` split across rayon's threads (one
+/// part per thread, so results are reproducible for a given thread count).
+///
+/// # Safety
+/// As [`gemm_into`], and the layout is [`blas::expressible`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn blas_into(
+    lib: &blas::OpenBlas,
+    dst: &mut [f32],
+    read_dst: bool,
+    (m, n, k): (usize, usize, usize),
+    a: *const f32,
+    a_strides: (usize, usize),
+    b: *const f32,
+    b_strides: (usize, usize),
+    scale: f32,
+    threads: Threads,
+) {
+    let beta = if read_dst { 1.0 } else { 0.0 };
+    let parts = match threads {
+        Threads::One => 1,
+        Threads::All => rayon::current_num_threads().min(m / MIN_SPLIT_ROWS).max(1),
+    };
+    let rows = m.div_ceil(parts);
+    // Raw pointers are not Send; the views outlive the parallel loop.
+    let (a, b) = (a as usize, b as usize);
+    dst.par_chunks_mut(rows * n)
+        .enumerate()
+        .for_each(|(i, part)| {
+            let a = (a as *const f32).wrapping_add(i * rows * a_strides.0);
+            // SAFETY: rows i·rows.. of a are within its checked view; part holds whole rows.
+            let done = unsafe {
+                lib.sgemm(
+                    part.as_mut_ptr(),
+                    n,
+                    beta,
+                    (part.len() / n, n, k),
+                    a,
+                    a_strides,
+                    b as *const f32,
+                    b_strides,
+                    scale,
+                )
+            };
+            debug_assert!(done, "layout checked by blas::expressible");
+        });
 }
 
 struct LinearOp;
@@ -180,7 +266,7 @@ impl CustomOp3 for LinearOp {
                     w.ptr(0),
                     (w.cs, w.rs),
                     1.0,
-                    threads(),
+                    Threads::All,
                 );
             }
         }
@@ -195,12 +281,13 @@ impl CustomOp3 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dx = grad.matmul(w)?;
-        let dw = grad.t()?.matmul(x)?;
+        let product = |a: &Tensor, b: &Tensor| a.apply_op2_no_bwd(b, &BmmOp { scale: 1.0 });
+        let dx = product(grad, w)?;
+        let dw = product(&grad.t()?, x)?;
         // The bias gradient is a column sum; as a 1×rows GEMM it runs in parallel, where
         // candle's reduction over dim 0 is a strided serial loop.
         let ones = Tensor::ones((1, grad.dim(0)?), grad.dtype(), grad.device())?;
-        let db = ones.matmul(grad)?.squeeze(0)?;
+        let db = product(&ones, grad)?.squeeze(0)?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
 }
@@ -240,7 +327,7 @@ impl CustomOp2 for BmmOp {
         let name = self.name();
         let (d1, d2) = (l1.dims(), l2.dims());
         let r = d1.len();
-        if r < 3 || d2.len() != r || d1[..r - 2] != d2[..r - 2] || d1[r - 1] != d2[r - 2] {
+        if r < 2 || d2.len() != r || d1[..r - 2] != d2[..r - 2] || d1[r - 1] != d2[r - 2] {
             candle_core::bail!("{name}: cannot multiply {:?} by {:?}", l1.dims(), l2.dims());
         }
         let batch: usize = d1[..r - 2].iter().product();
@@ -248,27 +335,31 @@ impl CustomOp2 for BmmOp {
         let a = View::new(s1, l1, name, [batch, m, k])?;
         let b = View::new(s2, l2, name, [batch, k, n])?;
         let mut out = vec![0f32; batch * m * n];
-        if m * n > 0 {
-            // One whole product per task; each runs single-threaded.
-            out.par_chunks_mut(m * n).enumerate().for_each(|(i, dst)| {
-                if k == 0 {
-                    return;
+        if m * n > 0 && k > 0 {
+            // SAFETY (both arms): views bounds-checked for every batch index; dst is m·n.
+            let product = |i: usize, dst: &mut [f32], threads| unsafe {
+                gemm_into(
+                    dst,
+                    false,
+                    (m, n, k),
+                    a.ptr(i),
+                    (a.rs, a.cs),
+                    b.ptr(i),
+                    (b.rs, b.cs),
+                    self.scale,
+                    threads,
+                )
+            };
+            if batch >= rayon::current_num_threads() {
+                // Attention's many small products: one whole product per task.
+                out.par_chunks_mut(m * n)
+                    .enumerate()
+                    .for_each(|(i, dst)| product(i, dst, Threads::One));
+            } else {
+                for (i, dst) in out.chunks_mut(m * n).enumerate() {
+                    product(i, dst, Threads::All);
                 }
-                // SAFETY: views bounds-checked for every batch index; dst is m·n.
-                unsafe {
-                    gemm_into(
-                        dst,
-                        false,
-                        (m, n, k),
-                        a.ptr(i),
-                        (a.rs, a.cs),
-                        b.ptr(i),
-                        (b.rs, b.cs),
-                        self.scale,
-                        Parallelism::None,
-                    );
-                }
-            });
+            }
         }
         let mut shape = d1[..r - 2].to_vec();
         shape.extend([m, n]);
@@ -295,8 +386,9 @@ impl CustomOp2 for BmmOp {
     }
 }
 
-/// Batched `a·b` for `a` [.., m, k] and `b` [.., k, n] with equal leading dims (any strides in
-/// the last two): split across threads by batch on f32 CPU tensors, `Tensor::matmul` otherwise.
+/// Batched `a·b` for `a` [.., m, k] and `b` [.., k, n] with equal leading dims, or plain
+/// matrices (any strides in the last two): split across threads by batch (or, for fewer
+/// products than threads, by rows) on f32 CPU tensors, `Tensor::matmul` otherwise.
 /// No reshapes: each would be a graph node costing two full-size passes in the backward.
 pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     bmm_scaled(a, b, 1.0)
@@ -306,7 +398,7 @@ pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 pub fn bmm_scaled(a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
     let r = a.rank();
     if !(fused_applies(a) && fused_applies(b))
-        || r < 3
+        || r < 2
         || b.rank() != r
         || a.dims()[..r - 2] != b.dims()[..r - 2]
     {
