@@ -183,6 +183,76 @@ fn bmm_matches_matmul_on_attention_shapes_and_views() {
     );
 }
 
+/// The fused attention block against split heads → scores → masked softmax → dropout → GEMM
+/// → merge heads as composite ops: values and the gradients of q, k and v, with padded keys,
+/// dropout on and off, odd sizes, and q/k/v read as column blocks of one wider tensor (a fused
+/// QKV projection's output) or transposed.
+#[test]
+fn attention_block_matches_the_separate_ops() {
+    let mut rng = Rng::new(4);
+    for (batch, heads, seq, d, p) in [
+        (2, 3, 13, 5, 0.1),
+        (3, 2, 16, 8, 0.0),
+        (1, 12, 128, 32, 0.1),
+        (2, 1, 1, 3, 0.5),
+    ] {
+        let shape = [batch * seq, heads * d];
+        let (q, k, v) = (
+            randn(&mut rng, &shape, 1.0),
+            randn(&mut rng, &shape, 1.0),
+            randn(&mut rng, &shape, 1.0),
+        );
+        let mask = random_mask(&mut rng, batch, seq);
+        let bias = ((mask.ones_like().unwrap() - &mask).unwrap() * f64::from(f32::MIN)).unwrap();
+        let cfg = AttentionConfig {
+            batch,
+            heads,
+            scale: 1.0 / (d as f64).sqrt(),
+            dropout: p,
+            seed: 77 + seq as u64,
+        };
+        compare(
+            &format!("attention b{batch} h{heads} s{seq} d{d} p{p}"),
+            &[q, k, v, bias],
+            &|t| attention(&t[0], &t[1], &t[2], &t[3], &cfg).unwrap(),
+            &|t| attention_slow(&t[0], &t[1], &t[2], &t[3], &cfg).unwrap(),
+            1e-5,
+        );
+    }
+    let (batch, heads, seq, d) = (2, 2, 7, 4);
+    let qkv = randn(&mut rng, &[batch * seq, 3 * heads * d], 1.0);
+    let vt = randn(&mut rng, &[heads * d, batch * seq], 1.0);
+    let bias = Tensor::zeros((batch, seq), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let cfg = AttentionConfig {
+        batch,
+        heads,
+        scale: 0.5,
+        dropout: 0.2,
+        seed: 3,
+    };
+    let parts = |t: &[Tensor]| -> [Tensor; 3] {
+        let w = heads * d;
+        [
+            t[0].narrow(1, 0, w).unwrap(),
+            t[0].narrow(1, w, w).unwrap(),
+            t[1].t().unwrap(),
+        ]
+    };
+    compare(
+        "attention on strided views",
+        &[qkv, vt, bias],
+        &|t| {
+            let [q, k, v] = parts(t);
+            attention(&q, &k, &v, &t[2], &cfg).unwrap()
+        },
+        &|t| {
+            let [q, k, v] = parts(t);
+            attention_slow(&q, &k, &v, &t[2], &cfg).unwrap()
+        },
+        1e-5,
+    );
+}
+
 #[test]
 fn masked_softmax_matches_add_then_softmax_and_leaves_the_mask_alone() {
     let mut rng = Rng::new(3);

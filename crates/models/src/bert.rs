@@ -6,7 +6,9 @@ use distillery_kernels::fused;
 
 use crate::config::BertConfig;
 use crate::error::{ModelError, Result};
-use crate::layers::{activation, bmm, dropout, masked_softmax, Kernels, LayerNorm, Linear};
+use crate::layers::{
+    activation, bmm, dropout, dropout_seed, masked_softmax, Kernels, LayerNorm, Linear,
+};
 use crate::output::{BertOutput, LayerAttention};
 use crate::params::{Init, ParamBuilder};
 
@@ -296,19 +298,38 @@ impl BertModel {
                 Kernels::Reference => fused::split_heads_slow(&t, b, heads)?,
             })
         };
-        let q = split(l.query.forward(&x2)?)?;
-        let k = split(l.key.forward(&x2)?)?;
-        let v = split(l.value.forward(&x2)?)?;
-        // The 1/√d scale rides on the scores GEMM (no separate pass, no graph node).
+        let (q2, k2, v2) = (
+            l.query.forward(&x2)?,
+            l.key.forward(&x2)?,
+            l.value.forward(&x2)?,
+        );
+        // The heads split out, for the losses (and the unfused path): with the fused block, a
+        // branch of the graph that the backward visits only when a loss reads it.
+        let (q, k, v) = (split(q2.clone())?, split(k2.clone())?, split(v2.clone())?);
         let scale = 1.0 / (d as f64).sqrt();
-        let scores = bmm(&q, &k.t()?, scale, kernels)?;
-        let probs = masked_softmax(&scores, bias, kernels)?;
         let site = format!("layer{index}");
-        let probs_dropped = dropout(&probs, p_attn, opts.seed, &format!("{site}.attn"))?;
-        let ctx = bmm(&probs_dropped, &v, 1.0, kernels)?;
-        let ctx = match kernels {
-            Kernels::Fused => fused::merge_heads(&ctx)?,
-            Kernels::Reference => fused::merge_heads_slow(&ctx)?,
+        let attn_site = format!("{site}.attn");
+        let (ctx, maps) = if matches!(kernels, Kernels::Fused) && !opts.attention_maps {
+            // One op per (batch, head) block: no b·h·s² tensor is stored or back-propagated.
+            let cfg = fused::AttentionConfig {
+                batch: b,
+                heads,
+                scale,
+                dropout: p_attn,
+                seed: dropout_seed(opts.seed, &attn_site),
+            };
+            (fused::attention(&q2, &k2, &v2, bias, &cfg)?, None)
+        } else {
+            // The 1/√d scale rides on the scores GEMM (no separate pass, no graph node).
+            let scores = bmm(&q, &k.t()?, scale, kernels)?;
+            let probs = masked_softmax(&scores, bias, kernels)?;
+            let probs_dropped = dropout(&probs, p_attn, opts.seed, &attn_site)?;
+            let ctx = bmm(&probs_dropped, &v, 1.0, kernels)?;
+            let ctx = match kernels {
+                Kernels::Fused => fused::merge_heads(&ctx)?,
+                Kernels::Reference => fused::merge_heads_slow(&ctx)?,
+            };
+            (ctx, Some((scores, probs)))
         };
         let a = dropout(
             &l.attn_out.forward(&ctx)?,
@@ -328,11 +349,12 @@ impl BertModel {
             .out_norm
             .forward(&(o + &h1)?, kernels)?
             .reshape((b, s, h))?;
-        let (scores, probs) = if opts.attention_maps {
-            let with_mask = scores.broadcast_add(&bias.reshape((b, 1, 1, s))?)?;
-            (Some(with_mask), Some(probs))
-        } else {
-            (None, None)
+        let (scores, probs) = match maps {
+            Some((scores, probs)) if opts.attention_maps => {
+                let with_mask = scores.broadcast_add(&bias.reshape((b, 1, 1, s))?)?;
+                (Some(with_mask), Some(probs))
+            }
+            _ => (None, None),
         };
         Ok((
             y,

@@ -144,9 +144,10 @@ pub fn dropout(x: &Tensor, p: f64, seed: u64, site: &str) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
     }
-    Ok(fused::dropout(
-        x,
-        p,
-        SplitMix64::derive(seed, site).next_u64(),
-    )?)
+    Ok(fused::dropout(x, p, dropout_seed(seed, site))?)
+}
+
+/// The mask seed [`dropout`] uses at `site`: also handed to fused ops that drop out inside.
+pub fn dropout_seed(seed: u64, site: &str) -> u64 {
+    SplitMix64::derive(seed, site).next_u64()
 }

@@ -141,13 +141,29 @@ fn candle_fused_ops_still_drop_gradients_which_is_why_the_model_avoids_them() {
     assert!(grads.get(w.as_tensor()).is_none() && grads.get(x.as_tensor()).is_none());
 }
 
+/// In eval and in training mode (dropout on hidden states and attention probabilities, which
+/// the fused path applies inside its attention block at the same mask indices).
 #[test]
 fn fused_and_reference_kernels_agree_on_gradients() {
+    for opts in [
+        ForwardOptions::default(),
+        ForwardOptions {
+            train: true,
+            seed: 41,
+            ..Default::default()
+        },
+    ] {
+        fused_and_reference_agree(&opts);
+    }
+}
+
+fn fused_and_reference_agree(opts: &ForwardOptions) {
     let model = common::tiny_model(&["a", "b", "c"], 12, DType::F32);
+    assert!(model.config.attention_probs_dropout_prob > 0.0);
     let (ids, types, mask) = common::tiny_batch();
     let grads = |k: Kernels| {
         let out = model
-            .forward_with(&ids, Some(&types), &mask, &ForwardOptions::default(), k)
+            .forward_with(&ids, Some(&types), &mask, opts, k)
             .unwrap();
         let loss = (out
             .logits
@@ -178,7 +194,7 @@ fn fused_and_reference_kernels_agree_on_gradients() {
             .max(1e-3) as f64;
         assert!(
             common::max_abs_diff(a, b) <= 1e-4 * scale,
-            "{name}: {} (scale {scale})",
+            "{name} ({opts:?}): {} (scale {scale})",
             common::max_abs_diff(a, b)
         );
     }

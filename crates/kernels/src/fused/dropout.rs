@@ -30,7 +30,7 @@ fn draw(seed: u64, i: u64) -> u64 {
 /// resolved to 1/65536, and the hash, 64-bit multiplies that do not vectorise, runs a quarter as
 /// often).
 #[inline(always)]
-fn scale_of(seed: u64, i: u64, keep: u32, scale: f32) -> f32 {
+pub(super) fn scale_of(seed: u64, i: u64, keep: u32, scale: f32) -> f32 {
     let u = (draw(seed, i / 4) >> (16 * (i % 4))) as u32 & 0xffff;
     if u < keep {
         scale
@@ -40,7 +40,7 @@ fn scale_of(seed: u64, i: u64, keep: u32, scale: f32) -> f32 {
 }
 
 /// `keep` as a 16-bit threshold.
-fn threshold(keep: f32) -> u32 {
+pub(super) fn threshold(keep: f32) -> u32 {
     (f64::from(keep) * 65536.0).round() as u32
 }
 

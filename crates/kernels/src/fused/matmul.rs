@@ -22,16 +22,21 @@ use crate::error::Result;
 
 /// The f32 data of a storage and a bounds-checked view of one operand: `batch` matrices of
 /// rows × cols at `offset + i·batch_stride + r·rs + c·cs`.
-struct View<'a> {
+pub(super) struct View<'a> {
     data: &'a [f32],
     offset: usize,
     batch_stride: usize,
-    rs: usize,
-    cs: usize,
+    pub(super) rs: usize,
+    pub(super) cs: usize,
 }
 
 impl<'a> View<'a> {
-    fn new(s: &'a CpuStorage, l: &Layout, op: &str, dims: [usize; 3]) -> candle_core::Result<Self> {
+    pub(super) fn new(
+        s: &'a CpuStorage,
+        l: &Layout,
+        op: &str,
+        dims: [usize; 3],
+    ) -> candle_core::Result<Self> {
         let CpuStorage::F32(data) = s else {
             candle_core::bail!("{op}: expected an f32 tensor")
         };
@@ -59,7 +64,7 @@ impl<'a> View<'a> {
         })
     }
 
-    fn ptr(&self, batch: usize) -> *const f32 {
+    pub(super) fn ptr(&self, batch: usize) -> *const f32 {
         // In bounds: checked in `new` for every batch < dims[0].
         self.data[self.offset + batch * self.batch_stride..].as_ptr()
     }

@@ -8,6 +8,7 @@
 //! and devices fall back to the composite references (`*_slow`), which are also what the tests
 //! compare against.
 
+mod attention;
 mod dropout;
 mod embeddings;
 mod gelu;
@@ -16,6 +17,7 @@ mod layer_norm;
 mod matmul;
 mod softmax;
 
+pub use attention::{attention, attention_slow, AttentionConfig};
 pub use dropout::{dropout, dropout_mask, dropout_slow};
 pub use embeddings::{embeddings, embeddings_slow};
 pub use gelu::{gelu_erf, gelu_erf_slow};

@@ -80,6 +80,22 @@ fn bwd_kernel<S: Simd>(s: S, y: &[f32], g: &[f32], dx: &mut [f32], width: usize)
 simd_entry!(fwd => fwd_kernel(x: &[f32], bias: &[f32], y: &mut [f32], width: usize));
 simd_entry!(bwd => bwd_kernel(y: &[f32], g: &[f32], dx: &mut [f32], width: usize));
 
+/// Softmax of each `width`-wide row of `x` plus `bias` (one row, or empty) into `y`.
+pub(super) fn rows_fwd(
+    isa: crate::simd::Isa,
+    x: &[f32],
+    bias: &[f32],
+    y: &mut [f32],
+    width: usize,
+) {
+    fwd(isa, x, bias, y, width)
+}
+
+/// The softmax backward `dx = y ⊙ (g − Σ g⊙y)` row by row.
+pub(super) fn rows_bwd(isa: crate::simd::Isa, y: &[f32], g: &[f32], dx: &mut [f32], width: usize) {
+    bwd(isa, y, g, dx, width)
+}
+
 struct SoftmaxOp;
 
 fn width_of(l: &Layout) -> usize {

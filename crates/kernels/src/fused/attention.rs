@@ -1,0 +1,470 @@
+//! Multi-head attention's core as one op, per (batch, head) item in cache-sized blocks:
+//! `ctx = dropout(softmax(scale·q·kᵀ + key_bias)) · v`, with heads packed in the rows of q, k, v
+//! and ctx (the layout the Q/K/V projections produce and the output projection reads).
+//!
+//! As separate ops (split heads ×3, scores GEMM, masked softmax, dropout, GEMM, merge heads) a
+//! layer writes and reads several b·h·s² tensors (25 MB each at batch 32, 12 heads, seq 128);
+//! candle's backward then zero-fills and adds a gradient of that size for each of them. Here
+//! one item's s×s scores never leave a per-thread scratch buffer. The backward recomputes
+//! them (one extra s×s×d product per item) rather than keeping b·h·s² floats alive, like
+//! FlashAttention; the dropout mask is the counter-based one of [`super::dropout`], at the
+//! indices it would have in the [batch, heads, seq, seq] probabilities, so values match the
+//! separate ops (the reference, [`attention_slow`]).
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Storage, Tensor};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+use super::dropout::{scale_of, threshold};
+use super::matmul::View;
+use super::{fused_applies, softmax};
+use crate::error::{KernelError, Result};
+use crate::simd::Isa;
+
+/// The shape and randomness of one attention call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionConfig {
+    pub batch: usize,
+    pub heads: usize,
+    /// Multiplies q·kᵀ (usually 1/√head_dim).
+    pub scale: f64,
+    /// Dropout probability on the attention probabilities (0 = none).
+    pub dropout: f64,
+    /// The dropout mask's seed, as [`super::dropout`] takes it.
+    pub seed: u64,
+}
+
+/// What the kernels need, resolved from the config and the shapes.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    batch: usize,
+    heads: usize,
+    seq: usize,
+    head_dim: usize,
+    scale: f32,
+    /// `None` without dropout; else the 16-bit keep threshold and 1/keep.
+    drop: Option<(u32, f32)>,
+    seed: u64,
+}
+
+impl Dims {
+    fn items(&self) -> usize {
+        self.batch * self.heads
+    }
+
+    /// Offset of item `i`'s block (its batch's rows, its head's columns) in a packed tensor.
+    fn block(&self, item: usize, rs: usize) -> usize {
+        let (b, h) = (item / self.heads, item % self.heads);
+        b * self.seq * rs + h * self.head_dim
+    }
+
+    /// Applies dropout to item `item`'s s×s probabilities in place.
+    fn dropout(&self, item: usize, p: &mut [f32]) {
+        if let Some((keep, inv)) = self.drop {
+            let base = (item * self.seq * self.seq) as u64;
+            for (j, v) in p.iter_mut().enumerate() {
+                *v *= scale_of(self.seed, base + j as u64, keep, inv);
+            }
+        }
+    }
+}
+
+/// `dst (m×n at row stride dst_rs) = alpha · a·b`, single-threaded (the caller runs items in
+/// parallel; every operand here fits in cache).
+///
+/// # Safety
+/// The pointers are valid for the given dims and strides, and `dst` is not read by anyone else.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    dst: *mut f32,
+    dst_rs: usize,
+    (m, n, k): (usize, usize, usize),
+    a: *const f32,
+    (a_rs, a_cs): (usize, usize),
+    b: *const f32,
+    (b_rs, b_cs): (usize, usize),
+    alpha: f32,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            a,
+            a_cs as isize,
+            a_rs as isize,
+            b,
+            b_cs as isize,
+            b_rs as isize,
+            0.0,
+            alpha,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
+/// Item `item`'s probabilities `softmax(scale·q_i·k_iᵀ + bias_b)` into `p`, using `s` as scratch.
+#[allow(clippy::too_many_arguments)]
+fn probabilities(
+    dims: &Dims,
+    isa: Isa,
+    item: usize,
+    q: &View<'_>,
+    k: &View<'_>,
+    bias: &[f32],
+    s: &mut [f32],
+    p: &mut [f32],
+) {
+    let (n, d) = (dims.seq, dims.head_dim);
+    // SAFETY: q and k were bounds-checked for [batch·seq, heads·d]; s holds n·n floats.
+    unsafe {
+        product(
+            s.as_mut_ptr(),
+            n,
+            (n, n, d),
+            q.ptr(0).add(dims.block(item, q.rs)),
+            (q.rs, 1),
+            k.ptr(0).add(dims.block(item, k.rs)),
+            (1, k.rs),
+            dims.scale,
+        );
+    }
+    let b = item / dims.heads;
+    softmax::rows_fwd(isa, s, &bias[b * n..(b + 1) * n], p, n);
+}
+
+/// A raw pointer that may cross threads: each item writes a disjoint block through it.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: only used for writes to blocks that no two items share.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer `offset` floats in (a method, so that closures capture the Send wrapper
+    /// rather than its raw field).
+    ///
+    /// # Safety
+    /// `offset` is within the allocation.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: the caller's contract.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct AttentionOp {
+    dims: Dims,
+    /// The key bias, [batch, seq].
+    bias: Arc<Vec<f32>>,
+}
+
+impl AttentionOp {
+    fn views<'a>(
+        &self,
+        op: &str,
+        ins: [(&'a CpuStorage, &Layout); 3],
+    ) -> candle_core::Result<[View<'a>; 3]> {
+        let (rows, cols) = (
+            self.dims.batch * self.dims.seq,
+            self.dims.heads * self.dims.head_dim,
+        );
+        let view = |(s, l): (&'a CpuStorage, &Layout)| {
+            if l.dims() != [rows, cols] || l.stride()[1] != 1 {
+                candle_core::bail!(
+                    "{op}: expected [{rows}, {cols}] with unit column stride, got {:?} / {:?}",
+                    l.dims(),
+                    l.stride()
+                );
+            }
+            View::new(s, l, op, [1, rows, cols])
+        };
+        let [q, k, v] = ins;
+        Ok([view(q)?, view(k)?, view(v)?])
+    }
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "distillery-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let [q, k, v] = self.views(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
+        let dims = self.dims;
+        let (n, d) = (dims.seq, dims.head_dim);
+        let cols = dims.heads * d;
+        let mut ctx = vec![0f32; dims.batch * n * cols];
+        if n == 0 || d == 0 {
+            return Ok((CpuStorage::F32(ctx), l1.shape().clone()));
+        }
+        let out = SharedMut(ctx.as_mut_ptr());
+        let isa = Isa::detect();
+        (0..dims.items()).into_par_iter().for_each_init(
+            || vec![0f32; 2 * n * n],
+            |buf, item| {
+                let (s, p) = buf.split_at_mut(n * n);
+                probabilities(&dims, isa, item, &q, &k, &self.bias, s, p);
+                dims.dropout(item, p);
+                // SAFETY: ctx is [batch·seq, heads·d]; this item alone writes its block.
+                unsafe {
+                    product(
+                        out.at(dims.block(item, cols)),
+                        cols,
+                        (n, d, n),
+                        p.as_ptr(),
+                        (n, 1),
+                        v.ptr(0).add(dims.block(item, v.rs)),
+                        (v.rs, 1),
+                        1.0,
+                    );
+                }
+            },
+        );
+        Ok((CpuStorage::F32(ctx), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = AttentionBwdOp {
+            fwd: self.clone(),
+            qkv: [q.clone(), k.clone(), v.clone()],
+        };
+        let all = grad.contiguous()?.apply_op1_no_bwd(&op)?;
+        Ok((Some(all.get(0)?), Some(all.get(1)?), Some(all.get(2)?)))
+    }
+}
+
+/// The backward of [`AttentionOp`]: takes the output gradient, reads q, k, v from the op, and
+/// returns [dq, dk, dv] stacked as [3, batch·seq, heads·d].
+struct AttentionBwdOp {
+    fwd: AttentionOp,
+    qkv: [Tensor; 3],
+}
+
+impl CustomOp1 for AttentionBwdOp {
+    fn name(&self) -> &'static str {
+        "distillery-attention-bwd"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let guards: Vec<_> = self.qkv.iter().map(|t| t.storage_and_layout()).collect();
+        let mut cpu = Vec::with_capacity(3);
+        for (g, l) in &guards {
+            match &**g {
+                Storage::Cpu(c) => cpu.push((c, *l)),
+                _ => candle_core::bail!("{name}: q, k, v must be CPU tensors"),
+            }
+        }
+        let [q, k, v] = self.fwd.views(name, [cpu[0], cpu[1], cpu[2]])?;
+        let dims = self.fwd.dims;
+        let (n, d) = (dims.seq, dims.head_dim);
+        let cols = dims.heads * d;
+        let rows = dims.batch * n;
+        let g = View::new(gs, gl, name, [1, rows, cols])?;
+        if gl.dims() != [rows, cols] || g.cs != 1 {
+            candle_core::bail!("{name}: gradient {:?} / {:?}", gl.dims(), gl.stride());
+        }
+        let mut grads = vec![0f32; 3 * rows * cols];
+        if n == 0 || d == 0 {
+            return Ok((CpuStorage::F32(grads), (3, rows, cols).into()));
+        }
+        let out = SharedMut(grads.as_mut_ptr());
+        let isa = Isa::detect();
+        (0..dims.items()).into_par_iter().for_each_init(
+            || vec![0f32; 3 * n * n],
+            |buf, item| {
+                let (s, rest) = buf.split_at_mut(n * n);
+                let (p, dp) = rest.split_at_mut(n * n);
+                probabilities(&dims, isa, item, &q, &k, &self.fwd.bias, s, p);
+                let (q_i, k_i, v_i, g_i) = (
+                    // SAFETY (all four): offsets of blocks inside bounds-checked views.
+                    unsafe { q.ptr(0).add(dims.block(item, q.rs)) },
+                    unsafe { k.ptr(0).add(dims.block(item, k.rs)) },
+                    unsafe { v.ptr(0).add(dims.block(item, v.rs)) },
+                    unsafe { g.ptr(0).add(dims.block(item, g.rs)) },
+                );
+                let block = |which: usize| {
+                    // SAFETY: grads is [3, rows, cols]; each item writes only its own block.
+                    unsafe { out.at(which * rows * cols + dims.block(item, cols)) }
+                };
+                // SAFETY (the products below): pointers into checked views and n×n scratch.
+                unsafe {
+                    // dv = dropout(p)ᵀ·g, with the dropped probabilities in dp for now.
+                    dp.copy_from_slice(p);
+                    dims.dropout(item, dp);
+                    product(
+                        block(2),
+                        cols,
+                        (n, d, n),
+                        dp.as_ptr(),
+                        (1, n),
+                        g_i,
+                        (g.rs, 1),
+                        1.0,
+                    );
+                    // d(dropped p) = g·vᵀ, then through the dropout (its own derivative).
+                    product(
+                        dp.as_mut_ptr(),
+                        n,
+                        (n, n, d),
+                        g_i,
+                        (g.rs, 1),
+                        v_i,
+                        (1, v.rs),
+                        1.0,
+                    );
+                }
+                dims.dropout(item, dp);
+                // Through the softmax: ds = p ⊙ (dp − Σ dp⊙p), into s.
+                softmax::rows_bwd(isa, p, dp, s, n);
+                unsafe {
+                    // dq = scale·ds·k, dk = scale·dsᵀ·q.
+                    product(
+                        block(0),
+                        cols,
+                        (n, d, n),
+                        s.as_ptr(),
+                        (n, 1),
+                        k_i,
+                        (k.rs, 1),
+                        dims.scale,
+                    );
+                    product(
+                        block(1),
+                        cols,
+                        (n, d, n),
+                        s.as_ptr(),
+                        (1, n),
+                        q_i,
+                        (q.rs, 1),
+                        dims.scale,
+                    );
+                }
+            },
+        );
+        Ok((CpuStorage::F32(grads), (3, rows, cols).into()))
+    }
+}
+
+fn check(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_bias: &Tensor,
+    cfg: &AttentionConfig,
+) -> Result<(usize, usize)> {
+    let bad = |what: String| Err(KernelError::Config(format!("attention: {what}")));
+    let (rows, cols) = q.dims2()?;
+    if k.dims() != q.dims() || v.dims() != q.dims() {
+        return bad(format!(
+            "q {:?}, k {:?}, v {:?} differ",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        ));
+    }
+    if cfg.batch == 0 || cfg.heads == 0 || rows % cfg.batch != 0 || cols % cfg.heads != 0 {
+        return bad(format!(
+            "[{rows}, {cols}] is not [batch {} · seq, heads {} · head_dim]",
+            cfg.batch, cfg.heads
+        ));
+    }
+    let seq = rows / cfg.batch;
+    if key_bias.dims() != [cfg.batch, seq] {
+        return bad(format!(
+            "key bias {:?}, expected [{}, {seq}]",
+            key_bias.dims(),
+            cfg.batch
+        ));
+    }
+    if !(0.0..1.0).contains(&cfg.dropout) {
+        return bad(format!(
+            "dropout probability must be in [0, 1), got {}",
+            cfg.dropout
+        ));
+    }
+    Ok((seq, cols / cfg.heads))
+}
+
+/// Attention over heads packed in rows: q, k, v [batch·seq, heads·head_dim] (row b·seq + i,
+/// columns h·head_dim.. hold head h of token i of sequence b), `key_bias` [batch, seq] added to
+/// every query's scores (0 for keys to attend to, a large negative number for padding; no
+/// gradient). Returns ctx in the same layout. Fused on f32 CPU tensors, [`attention_slow`]
+/// otherwise, which it matches up to float rounding (the dropout mask exactly).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_bias: &Tensor,
+    cfg: &AttentionConfig,
+) -> Result<Tensor> {
+    let (seq, head_dim) = check(q, k, v, key_bias, cfg)?;
+    if ![q, k, v, key_bias].iter().all(|t| fused_applies(t)) {
+        return attention_slow(q, k, v, key_bias, cfg);
+    }
+    let keep = (1.0 - cfg.dropout) as f32;
+    let op = AttentionOp {
+        dims: Dims {
+            batch: cfg.batch,
+            heads: cfg.heads,
+            seq,
+            head_dim,
+            scale: cfg.scale as f32,
+            drop: (cfg.dropout > 0.0).then(|| (threshold(keep), 1.0 / keep)),
+            seed: cfg.seed,
+        },
+        bias: Arc::new(key_bias.flatten_all()?.to_vec1::<f32>()?),
+    };
+    let unit_cols = |t: &Tensor| -> Result<Tensor> {
+        Ok(if t.stride()[1] == 1 {
+            t.clone()
+        } else {
+            t.contiguous()?
+        })
+    };
+    Ok(unit_cols(q)?.apply_op3(&unit_cols(k)?, &unit_cols(v)?, op)?)
+}
+
+/// The reference: split heads, scaled scores GEMM, masked softmax, dropout, GEMM, merge heads,
+/// each as its composite (`*_slow`) op.
+pub fn attention_slow(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_bias: &Tensor,
+    cfg: &AttentionConfig,
+) -> Result<Tensor> {
+    check(q, k, v, key_bias, cfg)?;
+    let split = |t: &Tensor| super::split_heads_slow(t, cfg.batch, cfg.heads);
+    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+    let scores = super::bmm_scaled_slow(&q, &k.t()?, cfg.scale)?;
+    let probs = super::softmax_last_dim_masked_slow(&scores, key_bias)?;
+    let probs = super::dropout_slow(&probs, cfg.dropout, cfg.seed)?;
+    super::merge_heads_slow(&probs.matmul(&v)?)
+}
