@@ -212,7 +212,7 @@ impl CustomOp3 for AttentionOp {
         let dims = self.dims;
         let (n, d) = (dims.seq, dims.head_dim);
         let cols = dims.heads * d;
-        let mut ctx = vec![0f32; dims.batch * n * cols];
+        let mut ctx = super::par_zeroed(dims.batch * n * cols);
         if n == 0 || d == 0 {
             return Ok((CpuStorage::F32(ctx), l1.shape().clone()));
         }
@@ -290,7 +290,7 @@ impl CustomOp1 for AttentionBwdOp {
         if gl.dims() != [rows, cols] || g.cs != 1 {
             candle_core::bail!("{name}: gradient {:?} / {:?}", gl.dims(), gl.stride());
         }
-        let mut grads = vec![0f32; 3 * rows * cols];
+        let mut grads = super::par_zeroed(3 * rows * cols);
         if n == 0 || d == 0 {
             return Ok((CpuStorage::F32(grads), (3, rows, cols).into()));
         }

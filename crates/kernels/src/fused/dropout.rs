@@ -61,7 +61,7 @@ impl CustomOp1 for DropoutOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
         let (keep, seed, scale) = (threshold(self.keep), self.seed, 1.0 / self.keep);
-        let mut y = vec![0f32; x.len()];
+        let mut y = super::par_zeroed(x.len());
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .enumerate()

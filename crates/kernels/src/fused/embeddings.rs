@@ -67,7 +67,7 @@ impl CustomOp3 for EmbeddingsOp {
             f32_slice(ts, tl, self.name())?,
             f32_slice(ps, pl, self.name())?,
         );
-        let mut out = vec![0f32; self.ids.len() * h];
+        let mut out = super::par_zeroed(self.ids.len() * h);
         for (r, o) in out.chunks_exact_mut(h.max(1)).enumerate() {
             let w = &word[self.ids[r] as usize * h..][..h];
             let t = &typ[self.types[r] as usize * h..][..h];
@@ -90,9 +90,9 @@ impl CustomOp3 for EmbeddingsOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let h = word.dim(1)?;
         let g = grad.flatten_all()?.to_vec1::<f32>()?;
-        let mut dw = vec![0f32; word.elem_count()];
-        let mut dt = vec![0f32; typ.elem_count()];
-        let mut dp = vec![0f32; pos.elem_count()];
+        let mut dw = super::par_zeroed(word.elem_count());
+        let mut dt = super::par_zeroed(typ.elem_count());
+        let mut dp = super::par_zeroed(pos.elem_count());
         // Rows in order, as `index_add` adds them.
         for (r, gr) in g.chunks_exact(h.max(1)).enumerate() {
             for (table, row) in [

@@ -93,7 +93,7 @@ impl CustomOp1 for GeluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
-        let mut y = vec![0f32; x.len()];
+        let mut y = super::par_zeroed(x.len());
         par_rows(&[x], &mut y, WIDTH, |isa, ins, out| fwd(isa, ins[0], out));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -127,7 +127,7 @@ impl CustomOp2 for GeluBwdOp {
                 x.len()
             );
         }
-        let mut dx = vec![0f32; x.len()];
+        let mut dx = super::par_zeroed(x.len());
         par_rows(&[x, g], &mut dx, WIDTH, |isa, ins, out| {
             bwd(isa, ins[0], ins[1], out)
         });

@@ -30,7 +30,7 @@ fn permute(x: &[f32], g: Heads, split: bool) -> Vec<f32> {
     let Heads {
         seq, heads, dim, ..
     } = g;
-    let mut out = vec![0f32; x.len()];
+    let mut out = super::par_zeroed(x.len());
     let per_batch = seq * heads * dim;
     if per_batch == 0 {
         return out;

@@ -155,7 +155,7 @@ impl CustomOp3 for LayerNormOp {
                 b.len()
             );
         }
-        let mut y = vec![0f32; x.len()];
+        let mut y = super::par_zeroed(x.len());
         let isa = Isa::detect();
         let chunk = rows_per_task(width) * width;
         y.par_chunks_mut(chunk)
@@ -218,7 +218,7 @@ impl CustomOp3 for LayerNormBwdOp {
                 x.len()
             );
         }
-        let mut out = vec![0f32; x.len() + 2 * width];
+        let mut out = super::par_zeroed(x.len() + 2 * width);
         let (dx, tail) = out.split_at_mut(x.len());
         let isa = Isa::detect();
         let chunk = rows_per_task(width) * width;

@@ -222,6 +222,27 @@ unsafe fn blas_into(
         });
 }
 
+/// `rows` copies of `bias`, written by all threads straight into fresh memory (no zeroing first).
+fn bias_rows(bias: &[f32], rows: usize) -> Vec<f32> {
+    let n = rows * bias.len();
+    let mut y: Vec<f32> = Vec::with_capacity(n);
+    if !bias.is_empty() {
+        let per_task = super::rows_per_task(bias.len()) * bias.len();
+        y.spare_capacity_mut()[..n]
+            .par_chunks_mut(per_task)
+            .for_each(|chunk| {
+                for row in chunk.chunks_exact_mut(bias.len()) {
+                    for (d, &b) in row.iter_mut().zip(bias) {
+                        d.write(b);
+                    }
+                }
+            });
+    }
+    // SAFETY: every element was written above (n = 0 when the bias is empty).
+    unsafe { y.set_len(n) };
+    y
+}
+
 struct LinearOp;
 
 impl CustomOp3 for LinearOp {
@@ -252,12 +273,7 @@ impl CustomOp3 for LinearOp {
         let x = View::new(xs, xl, name, [1, rows, input])?;
         let w = View::new(ws, wl, name, [1, output, input])?;
         let bias = super::f32_slice(bs, bl, name)?;
-        let mut y = vec![0f32; rows * output];
-        if output > 0 {
-            for row in y.chunks_exact_mut(output) {
-                row.copy_from_slice(bias);
-            }
-        }
+        let mut y = bias_rows(bias, rows);
         if rows > 0 && output > 0 && input > 0 {
             // y (rows×out) += x (rows×in) · Wᵀ (in×out): Wᵀ is W's view with strides swapped.
             // SAFETY: views bounds-checked above; y is rows·output.
@@ -339,7 +355,7 @@ impl CustomOp2 for BmmOp {
         let (m, k, n) = (d1[r - 2], d1[r - 1], d2[r - 1]);
         let a = View::new(s1, l1, name, [batch, m, k])?;
         let b = View::new(s2, l2, name, [batch, k, n])?;
-        let mut out = vec![0f32; batch * m * n];
+        let mut out = super::par_zeroed(batch * m * n);
         if m * n > 0 && k > 0 {
             // SAFETY (both arms): views bounds-checked for every batch index; dst is m·n.
             let product = |i: usize, dst: &mut [f32], threads| unsafe {

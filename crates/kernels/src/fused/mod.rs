@@ -43,6 +43,27 @@ fn fused_applies(x: &Tensor) -> bool {
     x.dtype() == DType::F32 && matches!(x.device(), Device::Cpu)
 }
 
+/// A zero-filled output buffer of `n` floats, filled by all threads. `vec![0f32; n]` zeroes on
+/// the calling thread (glibc's calloc must clear reused heap memory), which in a training step
+/// left the other core idle for about a tenth of the main thread's time.
+pub(crate) fn par_zeroed(n: usize) -> Vec<f32> {
+    const CHUNK: usize = 1 << 16;
+    if n < CHUNK {
+        return vec![0f32; n];
+    }
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    v.spare_capacity_mut()[..n]
+        .par_chunks_mut(CHUNK)
+        .for_each(|c| {
+            c.iter_mut().for_each(|x| {
+                x.write(0.0);
+            })
+        });
+    // SAFETY: all n elements were initialised above.
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// The contiguous f32 slice behind a storage/layout pair.
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {

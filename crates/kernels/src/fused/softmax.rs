@@ -110,7 +110,7 @@ impl CustomOp1 for SoftmaxOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
         let w = width_of(l);
-        let mut y = vec![0f32; x.len()];
+        let mut y = super::par_zeroed(x.len());
         if w > 0 {
             par_rows(&[x], &mut y, w, |isa, ins, out| {
                 fwd(isa, ins[0], &[], out, w)
@@ -151,7 +151,7 @@ impl CustomOp2 for SoftmaxBwdOp {
             );
         }
         let w = width_of(l1);
-        let mut dx = vec![0f32; y.len()];
+        let mut dx = super::par_zeroed(y.len());
         if w > 0 {
             par_rows(&[y, g], &mut dx, w, |isa, ins, out| {
                 bwd(isa, ins[0], ins[1], out, w)
@@ -180,7 +180,7 @@ impl CustomOp2 for MaskedSoftmaxOp {
         let x = f32_slice(s1, l1, self.name())?;
         let bias = f32_slice(s2, l2, self.name())?;
         let w = width_of(l1);
-        let mut y = vec![0f32; x.len()];
+        let mut y = super::par_zeroed(x.len());
         if w == 0 {
             return Ok((CpuStorage::F32(y), l1.shape().clone()));
         }
