@@ -111,8 +111,10 @@ pub fn write_run_report(dir: &Path, s: &Summary, metrics: &[Value], config: &Con
     }
     let _ = writeln!(
         md,
-        "\nTraining wall time: {:.1} s for {} steps. The student is in `student/` (Hugging Face layout).\n",
-        s.wall_secs, s.steps
+        "\nTraining wall time: {:.1} s for {} steps (CPU matrix products on {}). The student is in `student/` (Hugging Face layout).\n",
+        s.wall_secs,
+        s.steps,
+        distillery_kernels::gemm_backend()
     );
     let _ = writeln!(md, "![training losses](loss.svg)\n");
     let evals = dev_points(metrics);
