@@ -11,7 +11,8 @@
 //! product's rows across rayon's threads: two thread pools on the same cores would fight, and
 //! OpenBLAS's threads spin after each call, stealing the core from the next rayon op. With more
 //! rayon threads than [`MAX_THREADS`] it is not used: OpenBLAS builds have a fixed number of
-//! per-thread buffers and abort the process when concurrent callers exceed it.
+//! per-thread buffers and abort the process when concurrent callers exceed it. OpenMP builds are
+//! refused too (their thread count is per calling thread, so every rayon worker would start a team).
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::OnceLock;
@@ -139,6 +140,20 @@ fn load(path: &str) -> Result<(OpenBlas, String), String> {
             std::mem::transmute::<*mut c_void, unsafe extern "C" fn(c_int)>(set_threads),
         )
     };
+    // An OpenMP build (Debian's libopenblas0-openmp can be the libopenblas.so.0 alternative)
+    // takes its thread count per calling thread, so each rayon worker could start a full team;
+    // only the sequential and pthreads builds are used. 0 = sequential, 1 = pthreads, 2 = OpenMP.
+    let parallel = sym(c"openblas_get_parallel")?;
+    // SAFETY: `int openblas_get_parallel(void)`.
+    let parallel =
+        unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> c_int>(parallel)() };
+    if parallel == 2 {
+        return Err(
+            "an OpenMP build of OpenBLAS (threads would multiply with rayon's); \
+                    install the pthreads build (libopenblas0-pthread)"
+                .into(),
+        );
+    }
     // SAFETY: as above; takes effect for all later calls.
     unsafe { set_threads(1) };
     let config = match sym(c"openblas_get_config") {

@@ -219,6 +219,30 @@ fn attention_block_matches_the_separate_ops() {
             1e-5,
         );
     }
+    // One column (heads = head_dim = 1) read through a transposed view, and a negative dropout
+    // probability meaning none, as `dropout` takes it.
+    let cols = randn(&mut rng, &[3, 6], 1.0);
+    let bias = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let one = |p: f64| AttentionConfig {
+        batch: 2,
+        heads: 1,
+        scale: 1.0,
+        dropout: p,
+        seed: 1,
+    };
+    compare(
+        "attention, one column",
+        &[cols, bias],
+        &|t| {
+            let c = |i: usize| t[0].narrow(0, i, 1).unwrap().t().unwrap();
+            attention(&c(0), &c(1), &c(2), &t[1], &one(-0.5)).unwrap()
+        },
+        &|t| {
+            let c = |i: usize| t[0].narrow(0, i, 1).unwrap().t().unwrap();
+            attention_slow(&c(0), &c(1), &c(2), &t[1], &one(0.0)).unwrap()
+        },
+        1e-6,
+    );
     let (batch, heads, seq, d) = (2, 2, 7, 4);
     let qkv = randn(&mut rng, &[batch * seq, 3 * heads * d], 1.0);
     let vt = randn(&mut rng, &[heads * d, batch * seq], 1.0);

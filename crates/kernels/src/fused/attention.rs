@@ -180,7 +180,8 @@ impl AttentionOp {
             self.dims.heads * self.dims.head_dim,
         );
         let view = |(s, l): (&'a CpuStorage, &Layout)| {
-            if l.dims() != [rows, cols] || l.stride()[1] != 1 {
+            // (A column stride is meaningless for one column; candle leaves it as it was.)
+            if l.dims() != [rows, cols] || (l.stride()[1] != 1 && cols > 1) {
                 candle_core::bail!(
                     "{op}: expected [{rows}, {cols}] with unit column stride, got {:?} / {:?}",
                     l.dims(),
@@ -287,7 +288,7 @@ impl CustomOp1 for AttentionBwdOp {
         let cols = dims.heads * d;
         let rows = dims.batch * n;
         let g = View::new(gs, gl, name, [1, rows, cols])?;
-        if gl.dims() != [rows, cols] || g.cs != 1 {
+        if gl.dims() != [rows, cols] || (g.cs != 1 && cols > 1) {
             candle_core::bail!("{name}: gradient {:?} / {:?}", gl.dims(), gl.stride());
         }
         let mut grads = super::par_zeroed(3 * rows * cols);
@@ -403,9 +404,10 @@ fn check(
             cfg.batch
         ));
     }
-    if !(0.0..1.0).contains(&cfg.dropout) {
+    // As `dropout`: p <= 0 is none; p >= 1 (or NaN) is an error.
+    if cfg.dropout >= 1.0 || cfg.dropout.is_nan() {
         return bad(format!(
-            "dropout probability must be in [0, 1), got {}",
+            "dropout probability must be below 1, got {}",
             cfg.dropout
         ));
     }
@@ -442,7 +444,7 @@ pub fn attention(
         bias: Arc::new(key_bias.flatten_all()?.to_vec1::<f32>()?),
     };
     let unit_cols = |t: &Tensor| -> Result<Tensor> {
-        Ok(if t.stride()[1] == 1 {
+        Ok(if t.stride()[1] == 1 || t.dim(1)? == 1 {
             t.clone()
         } else {
             t.contiguous()?

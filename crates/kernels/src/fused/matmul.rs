@@ -122,7 +122,9 @@ unsafe fn gemm_into(
     threads: Threads,
 ) {
     debug_assert_eq!(dst.len(), m * n);
-    if m * n * k >= BLAS_MIN_MACS && blas::expressible((m, n, k), a_strides, b_strides) {
+    if m.saturating_mul(n).saturating_mul(k) >= BLAS_MIN_MACS
+        && blas::expressible((m, n, k), a_strides, b_strides)
+    {
         if let Some(lib) = blas::openblas() {
             // SAFETY: the caller's contract.
             unsafe {
