@@ -69,6 +69,19 @@ impl Dims {
             }
         }
     }
+
+    /// Item `item`'s dropout factors (0 or 1/keep) into `m`, for a backward that applies them
+    /// twice; `false` (nothing written) without dropout.
+    fn mask(&self, item: usize, m: &mut [f32]) -> bool {
+        let Some((keep, inv)) = self.drop else {
+            return false;
+        };
+        let base = (item * self.seq * self.seq) as u64;
+        for (j, v) in m.iter_mut().enumerate() {
+            *v = scale_of(self.seed, base + j as u64, keep, inv);
+        }
+        true
+    }
 }
 
 /// `dst (m×n at row stride dst_rs) = alpha · a·b`, single-threaded (the caller runs items in
@@ -298,10 +311,14 @@ impl CustomOp1 for AttentionBwdOp {
         let out = SharedMut(grads.as_mut_ptr());
         let isa = Isa::detect();
         (0..dims.items()).into_par_iter().for_each_init(
-            || vec![0f32; 3 * n * n],
+            // s, p, dp and (with dropout) the mask, each n×n.
+            || vec![0f32; (3 + usize::from(dims.drop.is_some())) * n * n],
             |buf, item| {
                 let (s, rest) = buf.split_at_mut(n * n);
-                let (p, dp) = rest.split_at_mut(n * n);
+                let (p, rest) = rest.split_at_mut(n * n);
+                let (dp, mask) = rest.split_at_mut(n * n);
+                // Hashed once, used for the dropped probabilities and for their gradient.
+                let dropped = dims.mask(item, mask);
                 probabilities(&dims, isa, item, &q, &k, &self.fwd.bias, s, p);
                 let (q_i, k_i, v_i, g_i) = (
                     // SAFETY (all four): offsets of blocks inside bounds-checked views.
@@ -317,8 +334,13 @@ impl CustomOp1 for AttentionBwdOp {
                 // SAFETY (the products below): pointers into checked views and n×n scratch.
                 unsafe {
                     // dv = dropout(p)ᵀ·g, with the dropped probabilities in dp for now.
-                    dp.copy_from_slice(p);
-                    dims.dropout(item, dp);
+                    if dropped {
+                        for ((o, &x), &f) in dp.iter_mut().zip(p.iter()).zip(mask.iter()) {
+                            *o = x * f;
+                        }
+                    } else {
+                        dp.copy_from_slice(p);
+                    }
                     product(
                         block(2),
                         cols,
@@ -341,7 +363,11 @@ impl CustomOp1 for AttentionBwdOp {
                         1.0,
                     );
                 }
-                dims.dropout(item, dp);
+                if dropped {
+                    for (o, &f) in dp.iter_mut().zip(mask.iter()) {
+                        *o *= f;
+                    }
+                }
                 // Through the softmax: ds = p ⊙ (dp − Σ dp⊙p), into s.
                 softmax::rows_bwd(isa, p, dp, s, n);
                 unsafe {
