@@ -126,21 +126,37 @@ unsafe fn gemm_into(
         && blas::expressible((m, n, k), a_strides, b_strides)
     {
         if let Some(lib) = blas::openblas() {
-            // SAFETY: the caller's contract.
-            unsafe {
-                blas_into(
-                    lib,
-                    dst,
-                    read_dst,
-                    (m, n, k),
-                    a,
-                    a_strides,
-                    b,
-                    b_strides,
-                    scale,
-                    threads,
-                )
+            // Single-threaded OpenBLAS, rows of `dst` split across rayon's threads (one part
+            // per thread, so results are reproducible for a given thread count).
+            let beta = if read_dst { 1.0 } else { 0.0 };
+            let parts = match threads {
+                Threads::One => 1,
+                Threads::All => rayon::current_num_threads().min(m / MIN_SPLIT_ROWS).max(1),
             };
+            let rows = m.div_ceil(parts);
+            // Raw pointers are not Send; the views outlive the parallel loop.
+            let (a, b) = (a as usize, b as usize);
+            dst.par_chunks_mut(rows * n)
+                .enumerate()
+                .for_each(|(i, part)| {
+                    let a = (a as *const f32).wrapping_add(i * rows * a_strides.0);
+                    // SAFETY: the caller's contract; rows i·rows.. of a are within its checked
+                    // view, part holds whole rows, and the layout is `blas::expressible`.
+                    let done = unsafe {
+                        lib.sgemm(
+                            part.as_mut_ptr(),
+                            n,
+                            beta,
+                            (part.len() / n, n, k),
+                            a,
+                            a_strides,
+                            b as *const f32,
+                            b_strides,
+                            scale,
+                        )
+                    };
+                    debug_assert!(done, "layout checked by blas::expressible");
+                });
             return;
         }
     }
@@ -174,54 +190,6 @@ unsafe fn gemm_into(
             par,
         );
     }
-}
-
-/// [`gemm_into`] on single-threaded OpenBLAS, rows of `dst` split across rayon's threads (one
-/// part per thread, so results are reproducible for a given thread count).
-///
-/// # Safety
-/// As [`gemm_into`], and the layout is [`blas::expressible`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn blas_into(
-    lib: &blas::OpenBlas,
-    dst: &mut [f32],
-    read_dst: bool,
-    (m, n, k): (usize, usize, usize),
-    a: *const f32,
-    a_strides: (usize, usize),
-    b: *const f32,
-    b_strides: (usize, usize),
-    scale: f32,
-    threads: Threads,
-) {
-    let beta = if read_dst { 1.0 } else { 0.0 };
-    let parts = match threads {
-        Threads::One => 1,
-        Threads::All => rayon::current_num_threads().min(m / MIN_SPLIT_ROWS).max(1),
-    };
-    let rows = m.div_ceil(parts);
-    // Raw pointers are not Send; the views outlive the parallel loop.
-    let (a, b) = (a as usize, b as usize);
-    dst.par_chunks_mut(rows * n)
-        .enumerate()
-        .for_each(|(i, part)| {
-            let a = (a as *const f32).wrapping_add(i * rows * a_strides.0);
-            // SAFETY: rows i·rows.. of a are within its checked view; part holds whole rows.
-            let done = unsafe {
-                lib.sgemm(
-                    part.as_mut_ptr(),
-                    n,
-                    beta,
-                    (part.len() / n, n, k),
-                    a,
-                    a_strides,
-                    b as *const f32,
-                    b_strides,
-                    scale,
-                )
-            };
-            debug_assert!(done, "layout checked by blas::expressible");
-        });
 }
 
 /// `rows` copies of `bias`, written by all threads straight into fresh memory (no zeroing first).
