@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Storage, Tens
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::dropout::{scale_of, threshold};
+use super::dropout::{for_each_scale, threshold};
 use super::matmul::View;
 use super::{fused_applies, softmax};
 use crate::error::{KernelError, Result};
@@ -64,9 +64,7 @@ impl Dims {
     fn dropout(&self, item: usize, p: &mut [f32]) {
         if let Some((keep, inv)) = self.drop {
             let base = (item * self.seq * self.seq) as u64;
-            for (j, v) in p.iter_mut().enumerate() {
-                *v *= scale_of(self.seed, base + j as u64, keep, inv);
-            }
+            for_each_scale(self.seed, base, p.len(), (keep, inv), |j, f| p[j] *= f);
         }
     }
 
@@ -77,9 +75,7 @@ impl Dims {
             return false;
         };
         let base = (item * self.seq * self.seq) as u64;
-        for (j, v) in m.iter_mut().enumerate() {
-            *v = scale_of(self.seed, base + j as u64, keep, inv);
-        }
+        for_each_scale(self.seed, base, m.len(), (keep, inv), |j, f| m[j] = f);
         true
     }
 }
