@@ -93,7 +93,7 @@ fn attention_of<'a>(out: &'a BertOutput, l: usize, who: &str) -> Result<&'a Laye
 }
 
 fn check_heads(s: &LayerAttention, t: &LayerAttention, p: &LayerPair) -> Result<()> {
-    let (hs, ht) = (s.q.dim(1)?, t.q.dim(1)?);
+    let (hs, ht) = (s.heads, t.heads);
     if hs != ht {
         return Err(LossError::HeadMismatch {
             student_layer: p.student,
@@ -106,14 +106,21 @@ fn check_heads(s: &LayerAttention, t: &LayerAttention, p: &LayerPair) -> Result<
 }
 
 fn attention_kl_term(s: &LayerAttention, t: &LayerAttention, mask: &Tensor) -> Result<Tensor> {
-    let cfg = AttentionKlConfig::for_head_dims(t.q.dim(3)?, s.q.dim(3)?);
-    Ok(attention_kl(&t.q, &t.k, &s.q, &s.k, mask, &cfg)?)
+    let cfg = AttentionKlConfig::for_head_dims(t.head_dim(), s.head_dim());
+    Ok(attention_kl(
+        &t.q()?,
+        &t.k()?,
+        &s.q()?,
+        &s.k()?,
+        mask,
+        &cfg,
+    )?)
 }
 
 /// Scores `q·kᵀ/√d` (no mask bias), [b, h, l, l].
 fn scores(a: &LayerAttention) -> Result<Tensor> {
-    let d = a.q.dim(3)? as f64;
-    Ok((&a.q / d.sqrt())?.matmul(&a.k.t()?)?)
+    let d = a.head_dim() as f64;
+    Ok((a.q()? / d.sqrt())?.matmul(&a.k()?.t()?)?)
 }
 
 /// TinyBERT's attention MSE on pre-softmax scores over valid (query, key) pairs.
@@ -132,10 +139,14 @@ pub fn score_mse(s: &LayerAttention, t: &LayerAttention, mask: &Tensor) -> Resul
     Ok((sq / heads)?.div(&n_pairs)?)
 }
 
-/// [b, h, l, d] → [b, l, h·d] (heads concatenated, as the projection produced them).
-fn merge_heads(x: &Tensor) -> Result<Tensor> {
-    let (b, h, l, d) = x.dims4()?;
-    Ok(x.transpose(1, 2)?.reshape((b, l, h * d))?)
+/// One relation's projection as [b, l, H] (heads concatenated, as the projection produced them).
+fn tokens(a: &LayerAttention, r: Relation) -> Result<Tensor> {
+    let t = match r {
+        Relation::Query => &a.query,
+        Relation::Key => &a.key,
+        Relation::Value => &a.value,
+    };
+    Ok(t.reshape((a.batch, a.seq(), t.dim(1)?))?)
 }
 
 fn relation_term(
@@ -152,17 +163,7 @@ fn relation_term(
     }
     let mut total: Option<Tensor> = None;
     for r in relations {
-        let pick = |a: &LayerAttention| match r {
-            Relation::Query => a.q.clone(),
-            Relation::Key => a.k.clone(),
-            Relation::Value => a.v.clone(),
-        };
-        let term = relation_kl(
-            &merge_heads(&pick(t))?,
-            &merge_heads(&pick(s))?,
-            mask,
-            heads,
-        )?;
+        let term = relation_kl(&tokens(t, *r)?, &tokens(s, *r)?, mask, heads)?;
         total = Some(match total {
             None => term,
             Some(acc) => (acc + term)?,

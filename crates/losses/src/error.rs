@@ -27,6 +27,9 @@ pub enum LossError {
     Kernel(#[from] distillery_kernels::KernelError),
 
     #[error(transparent)]
+    Model(#[from] distillery_models::ModelError),
+
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 

@@ -97,13 +97,8 @@ fn finite_differences_for_every_loss() {
     let (q_t, k_t) = (randn(&[2, 2, 4, 3], 6), randn(&[2, 2, 4, 3], 7));
     let k_s = randn(&[2, 2, 4, 5], 8);
     let q_s = Var::from_tensor(&randn(&[2, 2, 4, 5], 9)).unwrap();
-    let att = |q: &Tensor, k: &Tensor| distillery_models::LayerAttention {
-        q: q.clone(),
-        k: k.clone(),
-        v: k.clone(),
-        scores: None,
-        probs: None,
-    };
+    let att =
+        |q: &Tensor, k: &Tensor| distillery_models::LayerAttention::from_heads(q, k, k).unwrap();
     fd_check(
         "score_mse",
         &q_s,

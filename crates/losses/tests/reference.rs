@@ -46,13 +46,7 @@ fn close(name: &str, got: f64, want: &Value, tol: f64) {
 }
 
 fn attention(q: &Tensor, k: &Tensor) -> LayerAttention {
-    LayerAttention {
-        q: q.clone(),
-        k: k.clone(),
-        v: k.clone(),
-        scores: None,
-        probs: None,
-    }
+    LayerAttention::from_heads(q, k, k).unwrap()
 }
 
 #[test]

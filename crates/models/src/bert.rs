@@ -292,20 +292,11 @@ impl BertModel {
         let (b, s, h) = x.dims3()?;
         let (heads, d) = (c.num_attention_heads, c.head_dim());
         let x2 = x.reshape((b * s, h))?;
-        let split = |t: Tensor| -> Result<Tensor> {
-            Ok(match kernels {
-                Kernels::Fused => fused::split_heads(&t, b, heads)?,
-                Kernels::Reference => fused::split_heads_slow(&t, b, heads)?,
-            })
-        };
         let (q2, k2, v2) = (
             l.query.forward(&x2)?,
             l.key.forward(&x2)?,
             l.value.forward(&x2)?,
         );
-        // The heads split out, for the losses (and the unfused path): with the fused block, a
-        // branch of the graph that the backward visits only when a loss reads it.
-        let (q, k, v) = (split(q2.clone())?, split(k2.clone())?, split(v2.clone())?);
         let scale = 1.0 / (d as f64).sqrt();
         let site = format!("layer{index}");
         let attn_site = format!("{site}.attn");
@@ -320,6 +311,13 @@ impl BertModel {
             };
             (fused::attention(&q2, &k2, &v2, bias, &cfg)?, None)
         } else {
+            let split = |t: &Tensor| -> Result<Tensor> {
+                Ok(match kernels {
+                    Kernels::Fused => fused::split_heads(t, b, heads)?,
+                    Kernels::Reference => fused::split_heads_slow(t, b, heads)?,
+                })
+            };
+            let (q, k, v) = (split(&q2)?, split(&k2)?, split(&v2)?);
             // The 1/√d scale rides on the scores GEMM (no separate pass, no graph node).
             let scores = bmm(&q, &k.t()?, scale, kernels)?;
             let probs = masked_softmax(&scores, bias, kernels)?;
@@ -359,9 +357,11 @@ impl BertModel {
         Ok((
             y,
             LayerAttention {
-                q,
-                k,
-                v,
+                query: q2,
+                key: k2,
+                value: v2,
+                batch: b,
+                heads,
                 scores,
                 probs,
             },

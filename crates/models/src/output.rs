@@ -1,18 +1,74 @@
 //! The plain output of a forward pass: everything a distillation loss may read.
 
 use candle_core::Tensor;
+use distillery_kernels::fused;
 
-/// One layer's attention internals, heads split out.
+use crate::error::Result;
+
+/// One layer's attention internals.
 #[derive(Debug, Clone)]
 pub struct LayerAttention {
-    /// Queries, keys and values as [batch, heads, seq, head_dim], before any scaling.
-    pub q: Tensor,
-    pub k: Tensor,
-    pub v: Tensor,
+    /// Queries, keys and values as the projections produce them, before any scaling:
+    /// [batch·seq, heads·head_dim], each token's heads side by side. [`Self::q`], [`Self::k`] and
+    /// [`Self::v`] split the heads out when a loss asks, so that layers no loss reads pay
+    /// no copy (and their backward no copy either).
+    pub query: Tensor,
+    pub key: Tensor,
+    pub value: Tensor,
+    pub batch: usize,
+    pub heads: usize,
     /// Pre-softmax scores `q·kᵀ/√d + mask bias`, [batch, heads, seq, seq]; only when asked for.
     pub scores: Option<Tensor>,
     /// Attention probabilities (before dropout), [batch, heads, seq, seq]; only when asked for.
     pub probs: Option<Tensor>,
+}
+
+impl LayerAttention {
+    /// From queries, keys and values with the heads split out ([batch, heads, seq, head_dim]
+    /// each, as another model might hand them over); no maps.
+    pub fn from_heads(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Self> {
+        let (batch, heads, _, _) = q.dims4()?;
+        let pack = |t: &Tensor| -> Result<Tensor> {
+            let (b, h, s, d) = t.dims4()?;
+            Ok(t.transpose(1, 2)?.reshape((b * s, h * d))?)
+        };
+        Ok(Self {
+            query: pack(q)?,
+            key: pack(k)?,
+            value: pack(v)?,
+            batch,
+            heads,
+            scores: None,
+            probs: None,
+        })
+    }
+
+    /// Queries as [batch, heads, seq, head_dim] (a contiguous copy, with a gradient).
+    pub fn q(&self) -> Result<Tensor> {
+        self.split(&self.query)
+    }
+
+    /// Keys as [batch, heads, seq, head_dim].
+    pub fn k(&self) -> Result<Tensor> {
+        self.split(&self.key)
+    }
+
+    /// Values as [batch, heads, seq, head_dim].
+    pub fn v(&self) -> Result<Tensor> {
+        self.split(&self.value)
+    }
+
+    pub fn seq(&self) -> usize {
+        self.query.dims().first().copied().unwrap_or(0) / self.batch.max(1)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.query.dims().get(1).copied().unwrap_or(0) / self.heads.max(1)
+    }
+
+    fn split(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(fused::split_heads(t, self.batch, self.heads)?)
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -21,8 +21,8 @@ fn objective(model: &distillery_models::BertModel, weights: &[Tensor]) -> Tensor
         total = (total + (h * w).unwrap().sum_all().unwrap()).unwrap();
     }
     let att = &out.attentions[1];
-    total = (total + att.q.sqr().unwrap().sum_all().unwrap()).unwrap();
-    (total + att.k.sum_all().unwrap()).unwrap()
+    total = (total + att.q().unwrap().sqr().unwrap().sum_all().unwrap()).unwrap();
+    (total + att.k().unwrap().sum_all().unwrap()).unwrap()
 }
 
 #[test]

@@ -33,8 +33,11 @@ fn output_has_every_intermediate_with_the_documented_shapes() {
     }
     assert_eq!(out.attentions.len(), 3);
     for a in &out.attentions {
-        for t in [&a.q, &a.k, &a.v] {
-            assert_eq!(t.dims(), [2, 4, 6, 4]);
+        for t in [&a.query, &a.key, &a.value] {
+            assert_eq!(t.dims(), [12, 16]);
+        }
+        for t in [a.q(), a.k(), a.v()] {
+            assert_eq!(t.unwrap().dims(), [2, 4, 6, 4]);
         }
         let probs = a.probs.as_ref().unwrap();
         assert_eq!(probs.dims(), [2, 4, 6, 6]);
@@ -59,7 +62,7 @@ fn output_has_every_intermediate_with_the_documented_shapes() {
             0.0
         );
         // Scores are q·kᵀ/√d plus the mask bias.
-        let s = a.q.matmul(&a.k.t().unwrap()).unwrap() / 2.0;
+        let s = a.q().unwrap().matmul(&a.k().unwrap().t().unwrap()).unwrap() / 2.0;
         let diff = common::max_abs_diff(
             &s.unwrap().narrow(0, 0, 1).unwrap(),
             &a.scores.as_ref().unwrap().narrow(0, 0, 1).unwrap(),

@@ -98,9 +98,11 @@ fn named_vars(models: &Models<'_>) -> Result<Vec<(String, Var)>> {
     Ok(out)
 }
 
-/// Per-stage resolved layer pairs, so that a bad map fails before the first step.
+/// Per-stage resolved layer pairs, so that a bad map fails before the first step, and what
+/// the stage reads of the teacher (the rest of a teacher forward is dropped at once).
 struct Prepared {
     pairs: Vec<Vec<LayerPair>>,
+    needs: Option<TeacherNeeds>,
 }
 
 /// The teacher's layer count, from the teacher or else its cache.
@@ -136,7 +138,10 @@ fn prepare(stage: &Stage, models: &Models<'_>) -> Result<Prepared> {
         };
         pairs.push(p);
     }
-    Ok(Prepared { pairs })
+    let needs = teacher_layers(models)
+        .map(|t| TeacherNeeds::of_stage(stage, s_layers, t))
+        .transpose()?;
+    Ok(Prepared { pairs, needs })
 }
 
 /// A cache must match the teacher (when both are given) and hold all the schedule reads.
@@ -498,12 +503,18 @@ impl<'a> Trainer<'a> {
             (Some(cache), _) => {
                 Some(cache.outputs(&batch.indices, batch.encoded.seq, &t.attention_mask, device)?)
             }
-            (None, Some(teacher)) => Some(teacher.forward(
-                &t.input_ids,
-                Some(&t.token_type_ids),
-                &t.attention_mask,
-                &ForwardOptions::default(),
-            )?),
+            (None, Some(teacher)) => {
+                let mut out = teacher.forward(
+                    &t.input_ids,
+                    Some(&t.token_type_ids),
+                    &t.attention_mask,
+                    &ForwardOptions::default(),
+                )?;
+                if let Some(needs) = &prepared.needs {
+                    needs.prune(&mut out)?;
+                }
+                Some(out)
+            }
             (None, None) => None,
         };
         let seed =

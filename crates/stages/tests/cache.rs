@@ -47,7 +47,7 @@ use distillery_data::{BatchConfig, Batcher, Dataset, Example, LabelOrder, LabelV
 use distillery_losses::*;
 use distillery_models::{
     load_model, random_student, save_model, testing, BertModel, BertOutput, ForwardOptions,
-    LoadOptions, TextTokenizer,
+    LayerAttention, LoadOptions, TextTokenizer,
 };
 use distillery_stages::cache::{xxh64, MISSING_LOGIT};
 use distillery_stages::*;
@@ -250,19 +250,21 @@ fn valid_values(
             &b.hidden_states[l],
         );
     }
-    let merge = |t: &Tensor| {
-        let (bs, h, s, d) = t.dims4().unwrap();
-        t.transpose(1, 2).unwrap().reshape((bs, s, h * d)).unwrap()
+    let merge = |at: &LayerAttention, t: &Tensor| {
+        t.reshape((at.batch, at.seq(), t.dim(1).unwrap())).unwrap()
     };
     for (name, set) in [("q", &needs.q), ("k", &needs.k), ("v", &needs.v)] {
         for &l in set {
             let pick = |o: &BertOutput| {
                 let at = &o.attentions[l - 1];
-                merge(match name {
-                    "q" => &at.q,
-                    "k" => &at.k,
-                    _ => &at.v,
-                })
+                merge(
+                    at,
+                    match name {
+                        "q" => &at.query,
+                        "k" => &at.key,
+                        _ => &at.value,
+                    },
+                )
             };
             rows(format!("{name}.{l}"), &pick(a), &pick(b));
         }
@@ -372,6 +374,72 @@ fn f32_cache_equals_a_teacher_forward_bit_for_bit() {
         padded_batches > 3 && compared > 100_000,
         "{padded_batches} {compared}"
     );
+}
+
+/// A live teacher forward pruned to a stage's needs keeps those tensors bit for bit and drops
+/// the rest to the same zero-size placeholders the cache returns: the losses see the same
+/// shapes whichever way the teacher came.
+#[test]
+fn a_pruned_forward_keeps_exactly_the_needs_in_the_caches_shapes() {
+    let f = fixture(aligned(10));
+    let set = |v: &[usize]| v.iter().copied().collect::<BTreeSet<usize>>();
+    let needs = TeacherNeeds {
+        logits: false,
+        hidden: set(&[0, 2]),
+        q: set(&[1]),
+        k: set(&[1, 3]),
+        v: set(&[3]),
+    };
+    let cache = build(
+        &f,
+        &f.dir.path().join("cache"),
+        "k",
+        &needs,
+        &config(DType::F32),
+    );
+    let batch = in_order(&f).next_batch().unwrap();
+    let full = forward(&f.teacher, &batch);
+    let mut pruned = full.clone();
+    needs.prune(&mut pruned).unwrap();
+    let from_cache = cached(&cache, &batch);
+    let bits = |t: &Tensor| -> Vec<u32> {
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        v.iter().map(|x| x.to_bits()).collect()
+    };
+    for (l, (p, c)) in pruned
+        .hidden_states
+        .iter()
+        .zip(&from_cache.hidden_states)
+        .enumerate()
+    {
+        assert_eq!(p.dims(), c.dims(), "hidden.{l}");
+        if needs.hidden.contains(&l) {
+            assert_eq!(bits(p), bits(&full.hidden_states[l]), "hidden.{l}");
+        } else {
+            assert_eq!(p.elem_count(), 0, "hidden.{l}");
+        }
+    }
+    for (i, (p, c)) in pruned
+        .attentions
+        .iter()
+        .zip(&from_cache.attentions)
+        .enumerate()
+    {
+        let whole = &full.attentions[i];
+        for (name, set, p, c, w) in [
+            ("q", &needs.q, &p.query, &c.query, &whole.query),
+            ("k", &needs.k, &p.key, &c.key, &whole.key),
+            ("v", &needs.v, &p.value, &c.value, &whole.value),
+        ] {
+            assert_eq!(p.dims(), c.dims(), "{name}.{}", i + 1);
+            if set.contains(&(i + 1)) {
+                assert_eq!(bits(p), bits(w), "{name}.{}", i + 1);
+            } else {
+                assert_eq!(p.elem_count(), 0, "{name}.{}", i + 1);
+            }
+        }
+    }
+    assert!(full.logits.is_some() && pruned.logits.is_none() && from_cache.logits.is_none());
 }
 
 /// The cause of the ragged-data tolerance, without any cache: the same example, forwarded in

@@ -159,10 +159,6 @@ impl TeacherShape {
             num_labels: config.labels.len(),
         }
     }
-
-    fn head_dim(&self) -> usize {
-        self.hidden / self.heads.max(1)
-    }
 }
 
 /// Reported after each batch of a build.
@@ -375,10 +371,6 @@ fn host_batch(out: &BertOutput, needs: &TeacherNeeds) -> Result<HostBatch> {
             .flatten_all()?
             .to_vec1::<f32>()?)
     };
-    let merged = |t: &Tensor| -> Result<Vec<f32>> {
-        // [b, heads, s, d] → [b, s, heads, d]: heads concatenated per token.
-        flat(&t.transpose(1, 2)?.contiguous()?)
-    };
     let mut tensors = Vec::new();
     for &l in &needs.hidden {
         tensors.push(flat(&out.hidden_states[l])?);
@@ -386,10 +378,11 @@ fn host_batch(out: &BertOutput, needs: &TeacherNeeds) -> Result<HostBatch> {
     for (pick, set) in [(0usize, &needs.q), (1, &needs.k), (2, &needs.v)] {
         for &l in set {
             let a = &out.attentions[l - 1];
-            tensors.push(merged(match pick {
-                0 => &a.q,
-                1 => &a.k,
-                _ => &a.v,
+            // [b·s, heads·d]: heads concatenated per token, as stored.
+            tensors.push(flat(match pick {
+                0 => &a.query,
+                1 => &a.key,
+                _ => &a.value,
             })?);
         }
     }
@@ -873,7 +866,7 @@ impl TeacherCache {
     /// - `hidden_states` has the teacher's `layers + 1` entries and `attentions` its `layers`,
     ///   so `hidden_states[l]` / `attentions[l - 1]` index as usual; the layers and
     ///   projections the cache does not hold are zero-size placeholders
-    ///   (`[batch, seq, 0]`, `[batch, heads, seq, 0]`) that fail any shape check.
+    ///   (`[batch, seq, 0]`, `[batch·seq, 0]`) that fail any shape check.
     /// - Padded positions are zeros, not the teacher's values there: every loss excludes them.
     /// - `scores`, `probs` and `pooled` are `None`; `logits` is `None` unless needed. Top-k
     ///   logits come back with [`MISSING_LOGIT`] for the dropped classes.
@@ -921,7 +914,6 @@ impl TeacherCache {
         }
         let shape = self.index.teacher;
         let (h, heads) = (shape.hidden, shape.heads);
-        let d = shape.head_dim();
         let elem = self.dtype.size_in_bytes();
         let needs = &self.index.needs;
         let view = |shard: usize, name: &str| -> Result<&[u8]> {
@@ -948,22 +940,22 @@ impl TeacherCache {
                 }
             })
             .collect::<Result<Vec<_>>>()?;
-        let split = |name: &str, l: usize, set: &std::collections::BTreeSet<usize>| {
+        // Q, K, V as the model hands them out: [b·seq, heads·d], heads side by side per token.
+        let packed = |name: &str, l: usize, set: &std::collections::BTreeSet<usize>| {
             if set.contains(&l) {
-                let t = tokens(&format!("{name}.{l}"))?;
-                Ok(t.reshape((b, seq, heads, d))?
-                    .transpose(1, 2)?
-                    .contiguous()?)
+                Ok(tokens(&format!("{name}.{l}"))?.reshape((b * seq, h))?)
             } else {
-                Ok::<_, StageError>(Tensor::zeros((b, heads, seq, 0), DType::F32, device)?)
+                Ok::<_, StageError>(Tensor::zeros((b * seq, 0), DType::F32, device)?)
             }
         };
         let attentions = (1..=shape.layers)
             .map(|l| {
                 Ok(LayerAttention {
-                    q: split("q", l, &needs.q)?,
-                    k: split("k", l, &needs.k)?,
-                    v: split("v", l, &needs.v)?,
+                    query: packed("q", l, &needs.q)?,
+                    key: packed("k", l, &needs.k)?,
+                    value: packed("v", l, &needs.v)?,
+                    batch: b,
+                    heads,
                     scores: None,
                     probs: None,
                 })

@@ -2,11 +2,13 @@
 
 use std::collections::BTreeSet;
 
+use candle_core::Tensor;
 use distillery_losses::{AttentionKind, Relation};
+use distillery_models::BertOutput;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::schedule::{LossTerm, Schedule};
+use crate::schedule::{LossTerm, Schedule, Stage};
 
 /// The teacher outputs a schedule reads, layers numbered as `BertOutput::hidden_states` (0 is
 /// the embedding output, 1..=N the encoder layers). Q/K/V layers are 1-based: layer `l` is
@@ -32,45 +34,93 @@ impl TeacherNeeds {
     pub fn of(schedule: &Schedule, student_layers: usize, teacher_layers: usize) -> Result<Self> {
         let mut n = Self::default();
         for stage in &schedule.stages {
-            for term in &stage.losses {
-                match term {
-                    LossTerm::Hidden { loss, map, .. } => {
-                        if loss.include_embeddings {
-                            n.hidden.insert(0);
-                        }
-                        for p in map.resolve(student_layers, teacher_layers)? {
-                            n.hidden.insert(p.teacher);
-                        }
+            n.add_stage(stage, student_layers, teacher_layers)?;
+        }
+        Ok(n)
+    }
+
+    /// What one stage's losses read.
+    pub fn of_stage(stage: &Stage, student_layers: usize, teacher_layers: usize) -> Result<Self> {
+        let mut n = Self::default();
+        n.add_stage(stage, student_layers, teacher_layers)?;
+        Ok(n)
+    }
+
+    fn add_stage(
+        &mut self,
+        stage: &Stage,
+        student_layers: usize,
+        teacher_layers: usize,
+    ) -> Result<()> {
+        let n = self;
+        for term in &stage.losses {
+            match term {
+                LossTerm::Hidden { loss, map, .. } => {
+                    if loss.include_embeddings {
+                        n.hidden.insert(0);
                     }
-                    LossTerm::Attention { loss, map, .. } => {
-                        let layers: Vec<usize> = map
-                            .resolve(student_layers, teacher_layers)?
-                            .into_iter()
-                            .map(|p| p.teacher)
-                            .collect();
-                        let add = |set: &mut BTreeSet<usize>| set.extend(layers.iter());
-                        match &loss.kind {
-                            AttentionKind::Kl | AttentionKind::ScoreMse => {
-                                add(&mut n.q);
-                                add(&mut n.k);
-                            }
-                            AttentionKind::Relation { relations, .. } => {
-                                for r in relations {
-                                    match r {
-                                        Relation::Query => add(&mut n.q),
-                                        Relation::Key => add(&mut n.k),
-                                        Relation::Value => add(&mut n.v),
-                                    }
+                    for p in map.resolve(student_layers, teacher_layers)? {
+                        n.hidden.insert(p.teacher);
+                    }
+                }
+                LossTerm::Attention { loss, map, .. } => {
+                    let layers: Vec<usize> = map
+                        .resolve(student_layers, teacher_layers)?
+                        .into_iter()
+                        .map(|p| p.teacher)
+                        .collect();
+                    let add = |set: &mut BTreeSet<usize>| set.extend(layers.iter());
+                    match &loss.kind {
+                        AttentionKind::Kl | AttentionKind::ScoreMse => {
+                            add(&mut n.q);
+                            add(&mut n.k);
+                        }
+                        AttentionKind::Relation { relations, .. } => {
+                            for r in relations {
+                                match r {
+                                    Relation::Query => add(&mut n.q),
+                                    Relation::Key => add(&mut n.k),
+                                    Relation::Value => add(&mut n.v),
                                 }
                             }
                         }
                     }
-                    LossTerm::Logit { .. } => n.logits = true,
-                    LossTerm::HardLabel { .. } => {}
+                }
+                LossTerm::Logit { .. } => n.logits = true,
+                LossTerm::HardLabel { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the tensors of a teacher forward that no loss reads, so that they are freed now
+    /// rather than held for the whole step (at MiniLM's shape, 12 of 18 Q/K/V and 3 of 7
+    /// hidden states, 6 MB each). What is dropped becomes the zero-size placeholder that
+    /// [`super::TeacherCache::outputs`] returns, which fails any shape check if read.
+    pub fn prune(&self, out: &mut BertOutput) -> Result<()> {
+        let device = out.mask.device().clone();
+        for (l, h) in out.hidden_states.iter_mut().enumerate() {
+            if !self.hidden.contains(&l) {
+                let (b, s, _) = h.dims3()?;
+                *h = Tensor::zeros((b, s, 0), h.dtype(), &device)?;
+            }
+        }
+        for (i, a) in out.attentions.iter_mut().enumerate() {
+            let l = i + 1;
+            for (set, t) in [
+                (&self.q, &mut a.query),
+                (&self.k, &mut a.key),
+                (&self.v, &mut a.value),
+            ] {
+                if !set.contains(&l) {
+                    *t = Tensor::zeros((t.dim(0)?, 0), t.dtype(), &device)?;
                 }
             }
         }
-        Ok(n)
+        if !self.logits {
+            out.logits = None;
+        }
+        Ok(())
     }
 
     /// Nothing of the teacher is read (hard-label fine-tuning only).
