@@ -4,6 +4,10 @@
 //! mapped layers, logit KD (T = 2), AdamW — through the real trainer (`distillery_stages`), in
 //! its own process so that the peak RSS is its own; then the same step in PyTorch eager
 //! (`scripts/bench/step_torch.py`) when a Python with torch is available.
+//!
+//! `--student-hidden H` (H ≠ 384) swaps in a seeded random 3-layer student of width H (12 heads,
+//! FFN 4H, a learned H→384 projection): a shape where the teacher's forward dominates the step,
+//! to measure what the teacher cache saves there. PyTorch's baseline runs at the default only.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
@@ -14,7 +18,8 @@ use distillery_losses::{
     Projection,
 };
 use distillery_models::{
-    load_model, save_model, student_from_teacher, with_new_head, LoadOptions, TextTokenizer,
+    load_model, random_student, save_model, student_from_teacher, with_new_head, LoadOptions,
+    StudentSpec, TextTokenizer,
 };
 use distillery_stages::{
     AdamW, CacheConfig, Decay, Event, LossTerm, LrSchedule, Models, Observer, ParamGroups,
@@ -25,6 +30,8 @@ use crate::util;
 
 const BATCH: usize = 32;
 const SEQ: usize = 128;
+/// The teacher's width: a student of this width is copied from the teacher's layers 0, 2, 4.
+const TEACHER_HIDDEN: usize = 384;
 /// Where the teacher's outputs come from: its forward pass, or the f32 teacher cache.
 const MODES: [&str; 2] = ["teacher", "cache"];
 
@@ -37,6 +44,13 @@ pub fn run(json: bool, args: &[String]) -> Result<()> {
         .unwrap_or("3")
         .parse()
         .context("--rounds")?;
+    let student_hidden: usize = util::flag(args, "--student-hidden")
+        .unwrap_or("384")
+        .parse()
+        .context("--student-hidden: expected a width such as 192")?;
+    if student_hidden == 0 || !student_hidden.is_multiple_of(12) {
+        bail!("--student-hidden {student_hidden}: expected a positive multiple of 12 (the head count)");
+    }
     let model = util::root().join("fixtures/all-MiniLM-L6-v2");
     if !model.join("model.safetensors").is_file() {
         bail!(
@@ -48,13 +62,14 @@ pub fn run(json: bool, args: &[String]) -> Result<()> {
     let exe = std::env::current_exe()?;
     let iters_s = iters.to_string();
     let (b, s) = (BATCH.to_string(), SEQ.to_string());
+    let hidden_s = student_hidden.to_string();
     // Rounds alternate the implementations, so that a slow spell of a shared machine lands on
     // all of them; the ratios are taken within a round, then their median reported.
     let mut all: Vec<Vec<serde_json::Value>> = Vec::new();
     for round in 0..rounds.max(1) {
         let mut rows = Vec::new();
         for mode in MODES {
-            let args = ["bench-step-child", model_s, &iters_s, mode];
+            let args = ["bench-step-child", model_s, &iters_s, mode, &hidden_s];
             let mut r = util::json_from(
                 exe.as_os_str(),
                 &args,
@@ -63,9 +78,13 @@ pub fn run(json: bool, args: &[String]) -> Result<()> {
             r["round"] = round.into();
             rows.push(r);
         }
-        if let Some(mut t) = util::torch_baseline("step_torch.py", &[model_s, &b, &s, &iters_s])? {
-            t["round"] = round.into();
-            rows.push(t);
+        if student_hidden == TEACHER_HIDDEN {
+            if let Some(mut t) =
+                util::torch_baseline("step_torch.py", &[model_s, &b, &s, &iters_s])?
+            {
+                t["round"] = round.into();
+                rows.push(t);
+            }
         }
         for r in &rows {
             if json {
@@ -101,6 +120,7 @@ pub fn run(json: bool, args: &[String]) -> Result<()> {
     let mut vs_torch = ratios("distillery-step-teacher", "pytorch-eager");
     let summary = serde_json::json!({
         "rounds": all.len(),
+        "student_hidden": student_hidden,
         "cache_speedup_median": median_or_nan(&mut speedups),
         "cache_speedups": speedups,
         "ratio_vs_torch_median": median_or_nan(&mut vs_torch),
@@ -188,7 +208,7 @@ fn dataset() -> Dataset {
     }
 }
 
-pub fn child(model_dir: &str, iters: usize, mode: &str) -> Result<()> {
+pub fn child(model_dir: &str, iters: usize, mode: &str, student_hidden: usize) -> Result<()> {
     let dir = std::path::Path::new(model_dir);
     // A two-class head on the teacher, saved and reloaded frozen (memory-mapped, no Vars).
     let tmp = tempfile_dir()?;
@@ -203,13 +223,29 @@ pub fn child(model_dir: &str, iters: usize, mode: &str) -> Result<()> {
     save_model(&with_new_head(&base, &labels, 1)?, &tmp, Some(dir))?;
     drop(base);
     let teacher = load_model(&tmp, &LoadOptions::default())?;
-    let student = student_from_teacher(&teacher, &[0, 2, 4], 2)?;
-    let vars = VarMap::new();
     let h = teacher.config.hidden_size;
+    let student = if student_hidden == h {
+        student_from_teacher(&teacher, &[0, 2, 4], 2)?
+    } else {
+        let spec = StudentSpec {
+            layers: 3,
+            hidden: student_hidden,
+            heads: teacher.config.num_attention_heads,
+            intermediate: 4 * student_hidden,
+        };
+        random_student(
+            spec.config(&teacher.config)?,
+            2,
+            true,
+            DType::F32,
+            &Device::Cpu,
+        )?
+    };
+    let vars = VarMap::new();
     let proj = vec![Projection::new(
         &vars,
         "projection.hidden",
-        h,
+        student_hidden,
         h,
         3,
         &Device::Cpu,
@@ -302,7 +338,7 @@ pub fn child(model_dir: &str, iters: usize, mode: &str) -> Result<()> {
         "{}",
         serde_json::json!({
             "impl": format!("distillery-step-{mode}"),
-            "batch": BATCH, "seq": SEQ,
+            "batch": BATCH, "seq": SEQ, "student_hidden": student_hidden,
             "median_s": util::median(&mut times),
             "min_s": min,
             "peak_rss_mib": util::peak_rss_mib(),

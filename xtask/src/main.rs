@@ -5,9 +5,10 @@
 //! cargo xtask bench attention-kl [--json] [--iters N]
 //!                                      fused vs slow vs PyTorch attention KL, fwd + bwd
 //! cargo xtask bench ops                per-op cost of one MiniLM layer (profiling aid)
-//! cargo xtask bench step [--json] [--iters N] [--rounds R]
+//! cargo xtask bench step [--json] [--iters N] [--rounds R] [--student-hidden H]
 //!                                      one distillation step (MiniLM teacher, 3-layer student,
-//!                                      b32 x s128, all three losses, AdamW) vs PyTorch eager
+//!                                      b32 x s128, all three losses, AdamW) vs PyTorch eager;
+//!                                      H: a narrower random student, teacher-dominated
 //! cargo xtask export-check             a saved student loads in Python transformers, same outputs
 //! cargo xtask kernels [--check] [--no-emulate] [--tsan]
 //!                                      CUDA kernels: nvcc → committed PTX (sm_80, sm_90),
@@ -27,7 +28,7 @@ mod kernels;
 mod util;
 
 /// Flags followed by a value.
-const VALUE_FLAGS: [&str; 2] = ["--iters", "--rounds"];
+const VALUE_FLAGS: [&str; 3] = ["--iters", "--rounds", "--student-hidden"];
 
 fn main() -> Result<()> {
     distillery_kernels::memory::retain_freed_buffers();
@@ -52,9 +53,12 @@ fn main() -> Result<()> {
         ["bench", "ops"] => bench_ops::run(),
         ["bench", "step"] => bench_step::run(json, &args),
         // Internal: the measured process of `bench step`.
-        ["bench-step-child", model, iters, mode] => {
-            bench_step::child(model, iters.parse().context("iterations")?, mode)
-        }
+        ["bench-step-child", model, iters, mode, hidden] => bench_step::child(
+            model,
+            iters.parse().context("iterations")?,
+            mode,
+            hidden.parse().context("student width")?,
+        ),
         ["export-check"] => export_check::run(),
         ["bench", "attention-kl"] => bench_attention_kl::run(json, &args),
         ["kernels"] => kernels::run(&args),
