@@ -10,10 +10,88 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 fn distillery(args: &[&str]) -> Output {
+    distillery_env(args, &[])
+}
+
+/// `distillery ARGS` with extra environment variables (the fault-injection ones).
+fn distillery_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_distillery"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap()
+}
+
+/// The global steps of the complete checkpoints in `dir` (those with a `state.json`), oldest
+/// first.
+fn checkpoint_steps(dir: &Path) -> Vec<usize> {
+    let mut steps: Vec<usize> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().join("state.json").is_file())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_prefix("step-")?.parse().ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    steps.sort();
+    steps
+}
+
+/// The raw lines of a metrics file logged at or before global step `upto`.
+fn metrics_lines_upto(path: &Path, upto: u64) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .and_then(|v| v["global_step"].as_u64())
+                .is_some_and(|g| g <= upto)
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// Resumes the run in `out` with `cfg` and checks that it continued after global step
+/// `from` rather than starting over: it says so, and it kept the metrics lines the first
+/// invocation logged up to there byte for byte (their measured throughput included, which a
+/// run redoing those steps would have measured anew).
+fn resume_after(cfg: &Path, out: &Path, label: &str, from: usize, metrics: &str) {
+    let kept = metrics_lines_upto(&out.join(metrics), from as u64);
+    assert!(!kept.is_empty(), "nothing logged before step {from}");
+    let o = distillery(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--resume",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let said = format!("{label}: resuming after global step {from}\n");
+    assert!(
+        stderr(&o).contains(&said),
+        "expected {said:?} in:\n{}",
+        stderr(&o)
+    );
+    let now = metrics_lines_upto(&out.join(metrics), from as u64);
+    assert_eq!(
+        kept, now,
+        "the resumed run rewrote the lines logged before it"
+    );
+}
+
+/// Every line of a metrics file but for the measured throughput.
+fn metrics_without_throughput(path: &Path) -> Vec<Value> {
+    read_jsonl(path)
+        .into_iter()
+        .map(|mut v| {
+            v.as_object_mut().unwrap().remove("examples_per_sec");
+            v
+        })
+        .collect()
 }
 
 fn stderr(o: &Output) -> String {
@@ -280,16 +358,10 @@ fn a_run_killed_mid_stage_and_resumed_ends_with_the_same_bits() {
     // Kill (SIGKILL) as soon as the distillation has written its second checkpoint.
     let ckpts = killed.join("checkpoints");
     let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let n = std::fs::read_dir(&ckpts)
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("step-"))
-                    .count()
-            })
-            .unwrap_or(0);
-        if n >= 2 || Instant::now() > deadline {
-            break;
+    while checkpoint_steps(&ckpts).len() < 2 {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no second checkpoint within 300 s");
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -300,16 +372,10 @@ fn a_run_killed_mid_stage_and_resumed_ends_with_the_same_bits() {
         "the run finished before it could be killed"
     );
     assert!(!killed.join("summary.json").exists());
+    let last = *checkpoint_steps(&ckpts).last().unwrap();
+    assert!(last > 0 && last < 300, "{last}");
 
-    let o = distillery(&[
-        "run",
-        cfg.to_str().unwrap(),
-        "--out",
-        killed.to_str().unwrap(),
-        "--resume",
-        "--quiet",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    resume_after(&cfg, &killed, "three-stage", last, "metrics.jsonl");
     assert_eq!(
         std::fs::read(full.join("student/model.safetensors")).unwrap(),
         std::fs::read(killed.join("student/model.safetensors")).unwrap(),
@@ -318,16 +384,127 @@ fn a_run_killed_mid_stage_and_resumed_ends_with_the_same_bits() {
     // The metrics file reads as one uninterrupted run: every line (steps, evaluations, stage
     // ends) the same but for the measured throughput.
     assert_eq!(step_losses(&full), step_losses(&killed));
-    let lines = |dir: &Path| -> Vec<Value> {
-        read_jsonl(&dir.join("metrics.jsonl"))
-            .into_iter()
-            .map(|mut v| {
-                v.as_object_mut().unwrap().remove("examples_per_sec");
-                v
-            })
-            .collect()
+    assert_eq!(
+        metrics_without_throughput(&full.join("metrics.jsonl")),
+        metrics_without_throughput(&killed.join("metrics.jsonl"))
+    );
+}
+
+#[test]
+fn a_run_stopped_then_aborted_mid_checkpoint_write_resumes_to_the_same_bits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "tiny.toml", &tiny_config("three-stage", 60, ""));
+    let run = |out: &Path, env: &[(&str, &str)]| {
+        distillery_env(
+            &[
+                "run",
+                cfg.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--resume",
+                "--quiet",
+            ],
+            env,
+        )
     };
-    assert_eq!(lines(&full), lines(&killed));
+    let full = tmp.path().join("full");
+    let o = run(&full, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // 1. Stopped after step 23 (DISTILLERY_STOP_AFTER): an error that says how to go on; the
+    //    checkpoints up to step 20 stay, nothing is final.
+    let out = tmp.path().join("faulty");
+    let ckpts = out.join("checkpoints");
+    let o = run(&out, &[("DISTILLERY_STOP_AFTER", "23")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("stopped after global step 23") && stderr(&o).contains("--resume"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(checkpoint_steps(&ckpts).last(), Some(&20));
+    assert!(!out.join("summary.json").exists() && !out.join("student").exists());
+
+    // 2. Resumed, then aborted halfway through writing step 35's checkpoint: its temporary
+    //    folder holds the parameters but no state, and step 30 is the newest complete one.
+    let o = run(&out, &[("DISTILLERY_ABORT_IN_CHECKPOINT", "35")]);
+    assert!(!o.status.success(), "the abort did not happen");
+    let partial = ckpts.join(".step-00000035.tmp");
+    assert!(
+        partial.join("params.safetensors").is_file(),
+        "no partial checkpoint"
+    );
+    assert!(!partial.join("state.json").exists());
+    assert_eq!(checkpoint_steps(&ckpts).last(), Some(&30));
+
+    // 3. Resumed from step 30: the partial folder is cleaned away, and the run ends with the
+    //    uninterrupted run's bits and metrics.
+    resume_after(&cfg, &out, "three-stage", 30, "metrics.jsonl");
+    assert!(!partial.exists());
+    assert_eq!(
+        std::fs::read(full.join("student/model.safetensors")).unwrap(),
+        std::fs::read(out.join("student/model.safetensors")).unwrap(),
+        "resumed student differs from the uninterrupted one"
+    );
+    assert_eq!(
+        metrics_without_throughput(&full.join("metrics.jsonl")),
+        metrics_without_throughput(&out.join("metrics.jsonl"))
+    );
+}
+
+#[test]
+fn a_teacher_fine_tune_stopped_and_resumed_ends_with_the_same_teacher() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tiny_config("one-stage", 4, "").replace(
+        "steps = 30\nlr = 3e-3",
+        "steps = 30\nlr = 3e-3\neval_every = 4",
+    );
+    let cfg = write_config(tmp.path(), "tiny.toml", &text);
+    let run = |out: &Path, env: &[(&str, &str)]| {
+        distillery_env(
+            &[
+                "run",
+                cfg.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--resume",
+                "--quiet",
+            ],
+            env,
+        )
+    };
+    let full = tmp.path().join("full");
+    let o = run(&full, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // Stopped after step 14 of the teacher's fine-tuning: no teacher is final, no distillation
+    // started, and the newest teacher checkpoint is from an evaluation (every 4 steps).
+    let out = tmp.path().join("stopped");
+    let o = run(&out, &[("DISTILLERY_STOP_AFTER", "teacher:14")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("teacher fine-tuning stopped after global step 14"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.join("teacher/teacher.json").exists());
+    assert!(!out.join("checkpoints").exists());
+    let steps = checkpoint_steps(&out.join("teacher-checkpoints"));
+    let last = *steps.last().expect("no teacher checkpoint");
+    assert!(last > 0 && last <= 14 && last.is_multiple_of(4), "{steps:?}");
+
+    resume_after(&cfg, &out, "teacher", last, "teacher-metrics.jsonl");
+    for f in ["teacher/model.safetensors", "student/model.safetensors"] {
+        assert_eq!(
+            std::fs::read(full.join(f)).unwrap(),
+            std::fs::read(out.join(f)).unwrap(),
+            "{f} differs from the uninterrupted run's"
+        );
+    }
+    assert_eq!(
+        metrics_without_throughput(&full.join("teacher-metrics.jsonl")),
+        metrics_without_throughput(&out.join("teacher-metrics.jsonl"))
+    );
 }
 
 #[test]
@@ -616,4 +793,12 @@ fn bad_config_teacher_cache_over_budget() {
         "{err}"
     );
     assert!(!out.join("teacher-cache/index.json").exists());
+}
+
+#[test]
+fn bad_config_mse_logit_loss_with_top_k_cached_logits() {
+    let t = tiny_config("one-stage", 10, "")
+        .replace("[losses.logit]", "[losses.logit]\nkind = \"mse\"")
+        + "\n[teacher_cache]\ntop_k_logits = 1\n";
+    bad_config(&t, &["teacher_cache.top_k_logits", "mse"]);
 }

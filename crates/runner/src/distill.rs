@@ -23,6 +23,7 @@ use distillery_stages::{
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ScheduleChoice, StudentSource};
+use crate::faults::fault_step;
 use crate::observe::{MetricsFile, Progress};
 use crate::task::Task;
 use crate::teacher::{scores, seed_of, Teacher};
@@ -138,7 +139,8 @@ pub fn run_schedule(
             dir.display()
         );
     }
-    let ckpt = CheckpointDir::new(dir.join("checkpoints"), config.distill.keep_checkpoints);
+    let ckpt = CheckpointDir::new(dir.join("checkpoints"), config.distill.keep_checkpoints)
+        .abort_while_writing(fault_step("DISTILLERY_ABORT_IN_CHECKPOINT", "distill"));
     let resume = if opts.resume {
         ckpt.latest(device)?
     } else {
@@ -210,7 +212,7 @@ pub fn run_schedule(
         TrainerConfig {
             seed: seed_of(config, "distill"),
             checkpoints: Some(ckpt),
-            stop_after: stop_after_from_env(),
+            stop_after: fault_step("DISTILLERY_STOP_AFTER", "distill"),
         },
     )?;
     let clock_path = dir.join(".elapsed");
@@ -290,12 +292,6 @@ fn stage_rows(s: &Schedule) -> Vec<(String, usize, Vec<String>)> {
             )
         })
         .collect()
-}
-
-/// `DISTILLERY_STOP_AFTER=N` stops a run after global step N as if interrupted (its checkpoints
-/// stay; `--resume` continues). Used by the end-to-end resume tests; harmless otherwise.
-fn stop_after_from_env() -> Option<usize> {
-    std::env::var("DISTILLERY_STOP_AFTER").ok()?.parse().ok()
 }
 
 /// Training wall time, saved at each checkpoint so that a resumed run reports the total.

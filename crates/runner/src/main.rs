@@ -10,6 +10,7 @@ mod config;
 mod distill;
 mod embed;
 mod evaluate;
+mod faults;
 mod fingerprint;
 mod fsutil;
 mod inspect;

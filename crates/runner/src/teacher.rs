@@ -17,6 +17,7 @@ use distillery_stages::{CheckpointDir, EvalSet, Metrics, Models, Trainer, Traine
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, TeacherSource};
+use crate::faults::fault_step;
 use crate::observe::{MetricsFile, Progress};
 use crate::task::Task;
 
@@ -214,7 +215,8 @@ pub fn prepare(
             )
         })
         .transpose()?;
-    let ckpt = CheckpointDir::new(out.join("teacher-checkpoints"), 1);
+    let ckpt = CheckpointDir::new(out.join("teacher-checkpoints"), 1)
+        .abort_while_writing(fault_step("DISTILLERY_ABORT_IN_CHECKPOINT", "teacher"));
     let resume = ckpt.latest(device)?;
     if let Some(c) = &resume {
         train = Batcher::from_cursor(
@@ -239,7 +241,7 @@ pub fn prepare(
         TrainerConfig {
             seed: seed_of(config, "teacher/train"),
             checkpoints: Some(ckpt),
-            stop_after: None,
+            stop_after: fault_step("DISTILLERY_STOP_AFTER", "teacher"),
         },
     )?;
     let mut progress = Progress::new("teacher", quiet);
@@ -247,7 +249,7 @@ pub fn prepare(
         &out.join("teacher-metrics.jsonl"),
         resume.as_ref().map(|c| c.state.global_step),
     )?;
-    trainer
+    let outcome = trainer
         .run(
             &schedule,
             &mut train,
@@ -256,6 +258,12 @@ pub fn prepare(
         )
         .context("fine-tuning the teacher")?;
     metrics.finish()?;
+    if outcome.interrupted {
+        bail!(
+            "teacher fine-tuning stopped after global step {} as asked (DISTILLERY_STOP_AFTER); continue with --resume",
+            outcome.global_step
+        );
+    }
     save_model(&model, &saved, Some(&task.tokenizer_dir))?;
     let model = load_model(&saved, &frozen)?;
     let (dev, test) = scores(&model, task, config)?;

@@ -76,6 +76,7 @@ pub struct Checkpoint {
 pub struct CheckpointDir {
     root: PathBuf,
     keep: usize,
+    abort_in: Option<usize>,
 }
 
 fn step_dir_name(step: usize) -> String {
@@ -88,7 +89,16 @@ impl CheckpointDir {
         Self {
             root: root.into(),
             keep: keep.max(1),
+            abort_in: None,
         }
+    }
+
+    /// Crash tests: the process aborts (no unwinding, nothing flushed, like SIGKILL) halfway
+    /// through writing the checkpoint of global step `step`, after its parameters and before
+    /// its optimiser state and `state.json`, leaving a partial temporary folder behind.
+    pub fn abort_while_writing(mut self, step: Option<usize>) -> Self {
+        self.abort_in = step;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -138,6 +148,9 @@ impl CheckpointDir {
         std::fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
         let write = || -> Result<()> {
             save_tensors(params, &tmp.join("params.safetensors"))?;
+            if self.abort_in == Some(state.global_step) {
+                std::process::abort();
+            }
             save_tensors(optimizer, &tmp.join("optimizer.safetensors"))?;
             let json = serde_json::to_vec_pretty(state)
                 .map_err(|e| StageError::Checkpoint(e.to_string()))?;
