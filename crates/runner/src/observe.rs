@@ -235,3 +235,43 @@ pub fn read_metrics(path: &Path) -> Result<Vec<serde_json::Value>> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A resumed run keeps the lines logged up to its checkpoint and drops the rest, including a
+    /// last line that the kill cut in half; a fresh run starts the file anew.
+    #[test]
+    fn reopening_drops_lines_past_the_checkpoint_and_a_cut_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let lines = [
+            r#"{"event":"step","global_step":1,"loss":0.5}"#,
+            r#"{"event":"step","global_step":2,"loss":0.4}"#,
+            r#"{"event":"eval","global_step":2,"dev_accuracy":0.7}"#,
+            r#"{"event":"step","global_step":3,"loss":0.3}"#,
+        ];
+        let text = format!("{}\n{}", lines.join("\n"), r#"{"event":"step","global_st"#);
+        std::fs::write(&path, &text).unwrap();
+        let m = MetricsFile::open(&path, Some(2)).unwrap();
+        m.finish().unwrap();
+        let kept = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(kept, format!("{}\n", lines[..3].join("\n")));
+        // Appending continues after the kept lines.
+        let mut m = MetricsFile::open(&path, Some(2)).unwrap();
+        m.on_event(&Event::StageFinished {
+            stage: "I".into(),
+            stage_index: 0,
+            global_step: 3,
+        });
+        m.finish().unwrap();
+        let all = read_metrics(&path).unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[3]["event"], "stage_end");
+        // A run that is not resuming replaces the file.
+        MetricsFile::open(&path, None).unwrap().finish().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    }
+}
