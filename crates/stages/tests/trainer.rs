@@ -445,3 +445,167 @@ fn the_best_on_dev_always_has_a_checkpoint_even_between_checkpoint_steps() {
     .unwrap();
     assert_eq!(ck.state.dev_metric, Some(best.metric));
 }
+
+/// Snapshots every trained variable at each step, for the largest change a step made.
+struct Moves {
+    vars: Vec<(String, candle_core::Var)>,
+    last: Vec<Vec<f32>>,
+    /// Per step: (stage index, step in stage, largest |Δθ| over every parameter).
+    moves: Vec<(usize, usize, f64)>,
+}
+
+impl Moves {
+    fn new(vms: &[&VarMap]) -> Self {
+        let mut vars = Vec::new();
+        for vm in vms {
+            let data = vm.data().lock().unwrap();
+            vars.extend(data.iter().map(|(n, v)| (n.clone(), v.clone())));
+        }
+        let mut m = Self {
+            vars,
+            last: Vec::new(),
+            moves: Vec::new(),
+        };
+        m.last = m.snapshot();
+        m
+    }
+
+    fn snapshot(&self) -> Vec<Vec<f32>> {
+        self.vars
+            .iter()
+            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+            .collect()
+    }
+}
+
+impl Observer for Moves {
+    fn on_event(&mut self, event: &Event) {
+        if let Event::Step(r) = event {
+            let now = self.snapshot();
+            let largest = now
+                .iter()
+                .zip(&self.last)
+                .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| f64::from((x - y).abs())))
+                .fold(0f64, f64::max);
+            self.moves.push((r.stage_index, r.step, largest));
+            self.last = now;
+        }
+    }
+}
+
+/// The objective is the weighted sum of the stage's terms, and every step applies the learning
+/// rate the stage's schedule gives that step. With β1 = β2 = 0, no weight decay and no clipping,
+/// AdamW's update is `lr · g / (|g| + ε)`: the largest parameter change of each step is the
+/// step's learning rate, computed here from the schedules' definitions (linear warm-up to the
+/// peak, then linear or cosine decay to `min_ratio · peak` at the stage's last step).
+#[test]
+fn the_objective_is_the_weighted_sum_and_each_step_moves_by_the_scheduled_lr() {
+    let f = fixture();
+    let sign_only = AdamW {
+        beta1: 0.0,
+        beta2: 0.0,
+        eps: 1e-12,
+        weight_decay: 0.0,
+        max_grad_norm: 0.0,
+    };
+    let mut schedule = expand(Preset::TwoStage, &settings(16, 0)).unwrap();
+    let weights = [0.7, 1.9, 0.3, 2.5];
+    for (stage, lr) in schedule.stages.iter_mut().zip([
+        LrSchedule {
+            peak: 1e-2,
+            warmup_steps: 3,
+            decay: Decay::Linear,
+            min_ratio: 0.0,
+        },
+        LrSchedule {
+            peak: 4e-3,
+            warmup_steps: 0,
+            decay: Decay::Cosine,
+            min_ratio: 0.25,
+        },
+    ]) {
+        stage.optimizer = sign_only;
+        stage.lr = lr;
+        for (i, term) in stage.losses.iter_mut().enumerate() {
+            let w = weights[i];
+            match term {
+                LossTerm::Hidden { weight, .. }
+                | LossTerm::Attention { weight, .. }
+                | LossTerm::Logit { weight, .. }
+                | LossTerm::HardLabel { weight } => *weight = w,
+            }
+        }
+    }
+    let lengths: Vec<usize> = schedule.stages.iter().map(|s| s.steps).collect();
+    assert!(lengths.iter().all(|&n| n > 4), "{lengths:?}");
+    let expected_lr = |stage: usize, step: usize| -> f64 {
+        let n = lengths[stage] as f64;
+        let s = step as f64;
+        match stage {
+            0 if step < 3 => 1e-2 * (s + 1.0) / 3.0,
+            0 => 1e-2 * (1.0 - (s - 3.0) / (n - 3.0 - 1.0)),
+            _ => {
+                let t = s / (n - 1.0);
+                let floor = 0.25 * 4e-3;
+                floor + (4e-3 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        }
+    };
+    let (s, vm, proj) = student(&f);
+    let mut moves = Moves::new(&[s.varmap().unwrap(), &vm]);
+    let mut batcher = Batcher::new(
+        &f.data,
+        &f.tokenizer,
+        Some(&f.vocab),
+        BatchConfig::shuffled(8, 99),
+    )
+    .unwrap();
+    let mut trainer = Trainer::new(
+        Models {
+            teacher: Some(&f.teacher),
+            student: &s,
+            projections: &proj,
+            projection_vars: Some(&vm),
+            teacher_cache: None,
+        },
+        None,
+        TrainerConfig {
+            seed: 7,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut rec = Recorder::default();
+    trainer
+        .run(&schedule, &mut batcher, &mut [&mut rec, &mut moves], None)
+        .unwrap();
+    let steps: Vec<&StepReport> = rec.steps().collect();
+    assert_eq!(steps.len(), 16);
+    for r in &steps {
+        let stage = &schedule.stages[r.stage_index];
+        assert_eq!(r.terms.len(), stage.losses.len());
+        let sum: f64 = r.terms.iter().zip(&weights).map(|((_, v), w)| v * w).sum();
+        assert!(
+            (r.loss - sum).abs() <= 1e-5 * sum.abs(),
+            "step {}: loss {} but Σ weight·term = {sum} ({:?})",
+            r.global_step,
+            r.loss,
+            r.terms
+        );
+        let want = expected_lr(r.stage_index, r.step - 1);
+        assert!(
+            (r.lr - want).abs() <= 1e-12,
+            "step {}: lr {} vs {want}",
+            r.global_step,
+            r.lr
+        );
+    }
+    assert_eq!(moves.moves.len(), 16);
+    for &(stage, step, moved) in &moves.moves {
+        let want = expected_lr(stage, step - 1);
+        assert!(
+            (moved - want).abs() <= 1e-3 * want,
+            "stage {stage} step {step}: largest change {moved:e}, scheduled lr {want:e}"
+        );
+    }
+}
