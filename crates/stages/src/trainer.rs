@@ -164,6 +164,19 @@ fn check_cache(schedule: &Schedule, models: &Models<'_>) -> Result<()> {
         models.student.config.num_hidden_layers,
         shape.layers,
     )?;
+    if let Some(k) = cache.top_k() {
+        // The dropped logits read as MISSING_LOGIT: harmless under a softmax (their
+        // probability is 0), but MSE would pull the student's logits towards the fill value.
+        let mse = schedule.stages.iter().flat_map(|s| &s.losses).any(|t| {
+            matches!(t, LossTerm::Logit { loss, .. } if loss.kind == distillery_losses::LogitKind::Mse)
+        });
+        if mse {
+            return Err(StageError::Config(format!(
+                "the teacher cache {} keeps only the top {k} logits, which the MSE logit loss cannot use (it would pull the other logits towards the fill value); use a KL or JSD logit loss, or cache every logit",
+                cache.dir().display()
+            )));
+        }
+    }
     let missing = cache.needs().missing(&needs);
     if !missing.is_empty() {
         return Err(StageError::Config(format!(

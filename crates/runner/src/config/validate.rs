@@ -41,6 +41,17 @@ impl Config {
                     "must be positive, got 0",
                 ));
             }
+            let mse = self
+                .losses
+                .logit
+                .as_ref()
+                .is_some_and(|l| l.kind == LogitKindName::Mse);
+            if c.top_k_logits.is_some() && mse {
+                return Err(key_err(
+                    "teacher_cache.top_k_logits",
+                    "cannot be used with losses.logit.kind = \"mse\": the dropped logits would pull the student's towards the fill value; use kl, reverse-kl or jsd, or cache every logit",
+                ));
+            }
         }
         self.check_distill(&self.distill)
     }

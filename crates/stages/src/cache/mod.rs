@@ -1008,7 +1008,9 @@ impl TeacherCache {
         })
     }
 
-    fn top_k(&self) -> Option<usize> {
+    /// The number of logits kept per example when the cache drops the rest (top-k, fewer than
+    /// the classes); `None` when it holds every logit.
+    pub fn top_k(&self) -> Option<usize> {
         self.index
             .top_k_logits
             .filter(|&k| k < self.index.teacher.num_labels)
