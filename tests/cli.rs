@@ -114,6 +114,7 @@ fn embed_writes_one_line_per_text_matching_the_library() {
                 .iter()
                 .map(|x| x.as_f64().unwrap())
                 .collect();
+            assert_eq!(got.len(), want.len());
             assert_eq!(got.len(), 16);
             for (g, w) in got.iter().zip(want) {
                 assert!((g - f64::from(w)).abs() < 1e-5, "{text}: {g} vs {w}");
@@ -156,10 +157,15 @@ fn embed_reproduces_minilm_reference_embeddings() {
     let output = root.path().join("out.jsonl");
     let o = embed(&model_dir, &input, &output, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    for (row, ex) in read_jsonl(&output).iter().zip(&singles) {
+    let rows = read_jsonl(&output);
+    assert!(!singles.is_empty());
+    assert_eq!(rows.len(), singles.len(), "one embedding per input line");
+    for (row, ex) in rows.iter().zip(&singles) {
+        assert_eq!(row["text"], ex["text"]);
         let got = row["embedding"].as_array().unwrap();
         let want = ex["mean_pooled"].as_array().unwrap();
         assert_eq!(got.len(), 384);
+        assert_eq!(want.len(), 384);
         for (g, w) in got.iter().zip(want) {
             assert!((g.as_f64().unwrap() - w.as_f64().unwrap()).abs() <= 1e-4);
         }
