@@ -491,7 +491,10 @@ fn a_teacher_fine_tune_stopped_and_resumed_ends_with_the_same_teacher() {
     assert!(!out.join("checkpoints").exists());
     let steps = checkpoint_steps(&out.join("teacher-checkpoints"));
     let last = *steps.last().expect("no teacher checkpoint");
-    assert!(last > 0 && last <= 14 && last.is_multiple_of(4), "{steps:?}");
+    assert!(
+        last > 0 && last <= 14 && last.is_multiple_of(4),
+        "{steps:?}"
+    );
 
     resume_after(&cfg, &out, "teacher", last, "teacher-metrics.jsonl");
     for f in ["teacher/model.safetensors", "student/model.safetensors"] {
