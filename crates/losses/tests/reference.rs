@@ -1,5 +1,9 @@
-//! Cross-check against PyTorch: loss values and gradient norms for formula-generated inputs
-//! (tests/data/losses_reference.json, made by scripts/reference/losses_reference.py).
+//! Cross-check against PyTorch: loss values, gradient norms and every gradient element for
+//! formula-generated inputs (tests/data/losses_reference.json, made by
+//! scripts/reference/losses_reference.py).
+//!
+//! Norms alone are blind to a flipped sign or a permutation, so each gradient is also compared
+//! element by element (row-major), and a gradient of the wrong length fails.
 #![allow(clippy::unwrap_used, clippy::type_complexity)]
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -45,9 +49,59 @@ fn close(name: &str, got: f64, want: &Value, tol: f64) {
     );
 }
 
+/// Element-wise `|got − want| ≤ atol + rtol·|want|` of a whole gradient against torch's flat
+/// row-major list; a missing list, a different length or any element out of tolerance fails.
+/// Every nonzero reference element must also exceed the tolerance it is checked with, so that
+/// a flipped sign can never hide inside it.
+fn close_all(name: &str, got: &Tensor, want: &Value, rtol: f64, atol: f64) {
+    let want: Vec<f64> = want
+        .as_array()
+        .unwrap_or_else(|| panic!("{name}: no reference gradient"))
+        .iter()
+        .map(|v| {
+            v.as_f64()
+                .unwrap_or_else(|| panic!("{name}: {v} is not a number"))
+        })
+        .collect();
+    let got: Vec<f64> = got
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(got.len(), want.len(), "{name}: gradient length");
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let tol = atol + rtol * w.abs();
+        assert!(
+            *w == 0.0 || w.abs() > tol,
+            "{name}[{i}]: reference {w} is within the tolerance {tol}: its sign is untested"
+        );
+        assert!(
+            (g - w).abs() <= tol,
+            "{name}[{i}]: {g} vs torch {w} (|diff| {:e} > {tol:e})",
+            (g - w).abs()
+        );
+    }
+}
+
 fn attention(q: &Tensor, k: &Tensor) -> LayerAttention {
     LayerAttention::from_heads(q, k, k).unwrap()
 }
+
+/// Element-wise tolerances (`|got − want| ≤ atol + rtol·|want|`) for the f64 paths (everything
+/// but the fused attention kernels): both sides compute in f64 and differ only in rounding order.
+/// Observed: ≤ 1.3e-16 absolute, ≤ 8.6e-15 relative; the margin (≥ 70×) is for other SIMD
+/// widths / summation orders of candle's f64 matmul, not for any real discrepancy.
+const F64_RTOL: f64 = 1e-12;
+const F64_ATOL: f64 = 1e-14;
+/// The fused attention-KL / relation-KL kernels accumulate in f32 whatever the input dtype (the
+/// loss values and norms above use 1e-5 relative for that reason), so their gradients carry f32
+/// rounding. Observed: ≤ 1.8e-8 absolute on elements of 2e-4 to 0.1 (≤ 9.4e-6 relative, on a
+/// small element). Every nonzero reference element of these gradients is ≥ 2e-4, far above
+/// ATOL, so a sign flip or permutation cannot hide in the tolerance.
+const F32_RTOL: f64 = 1e-5;
+const F32_ATOL: f64 = 1e-7;
 
 #[test]
 fn losses_match_pytorch() {
@@ -64,10 +118,8 @@ fn losses_match_pytorch() {
     let h_s = var(&[b, l, hs], 0, 1.0);
     let h_t = formula(&[b, l, ht], 1, 1.0);
     let w = var(&[ht, hs], 2, 0.3);
-    let proj = Projection::from_tensors(
-        w.as_tensor().clone(),
-        var(&[ht], 3, 0.1).as_tensor().clone(),
-    );
+    let bias = var(&[ht], 3, 0.1);
+    let proj = Projection::from_tensors(w.as_tensor().clone(), bias.as_tensor().clone());
     let loss = hidden_mse(h_s.as_tensor(), &h_t, &mask, Some(&proj)).unwrap();
     let g = loss.backward().unwrap();
     close(
@@ -88,6 +140,27 @@ fn losses_match_pytorch() {
         &r["hidden_mse"]["grad_norm_projection"],
         1e-10,
     );
+    close_all(
+        "hidden_mse grad",
+        g.get(h_s.as_tensor()).unwrap(),
+        &r["hidden_mse"]["grad_student"],
+        F64_RTOL,
+        F64_ATOL,
+    );
+    close_all(
+        "hidden_mse grad W",
+        g.get(w.as_tensor()).unwrap(),
+        &r["hidden_mse"]["grad_projection"],
+        F64_RTOL,
+        F64_ATOL,
+    );
+    close_all(
+        "hidden_mse grad bias",
+        g.get(bias.as_tensor()).unwrap(),
+        &r["hidden_mse"]["grad_projection_bias"],
+        F64_RTOL,
+        F64_ATOL,
+    );
 
     let h_s2 = var(&[b, l, ht], 4, 1.0);
     let loss = hidden_cosine(h_s2.as_tensor(), &h_t, &mask, None).unwrap();
@@ -103,6 +176,13 @@ fn losses_match_pytorch() {
         norm(g.get(h_s2.as_tensor()).unwrap()),
         &r["hidden_cosine"]["grad_norm_student"],
         1e-10,
+    );
+    close_all(
+        "hidden_cosine grad",
+        g.get(h_s2.as_tensor()).unwrap(),
+        &r["hidden_cosine"]["grad_student"],
+        F64_RTOL,
+        F64_ATOL,
     );
 
     // L_att through the fused streaming kernel: it accumulates in f32, hence 1e-5.
@@ -133,6 +213,20 @@ fn losses_match_pytorch() {
         &r["attention_kl"]["grad_norm_k"],
         1e-5,
     );
+    close_all(
+        "attention_kl dq",
+        g.get(q_s.as_tensor()).unwrap(),
+        &r["attention_kl"]["grad_q"],
+        F32_RTOL,
+        F32_ATOL,
+    );
+    close_all(
+        "attention_kl dk",
+        g.get(k_s.as_tensor()).unwrap(),
+        &r["attention_kl"]["grad_k"],
+        F32_RTOL,
+        F32_ATOL,
+    );
 
     let loss = attention::score_mse(
         &attention(q_s.as_tensor(), k_s.as_tensor()),
@@ -154,6 +248,20 @@ fn losses_match_pytorch() {
         &r["score_mse"]["grad_norm_k"],
         1e-10,
     );
+    close_all(
+        "score_mse dq",
+        g.get(q_s.as_tensor()).unwrap(),
+        &r["score_mse"]["grad_q"],
+        F64_RTOL,
+        F64_ATOL,
+    );
+    close_all(
+        "score_mse dk",
+        g.get(k_s.as_tensor()).unwrap(),
+        &r["score_mse"]["grad_k"],
+        F64_RTOL,
+        F64_ATOL,
+    );
 
     let x_s = var(&[b, l, hs], 9, 1.0);
     let x_t = formula(&[b, l, ht], 10, 1.5);
@@ -170,6 +278,13 @@ fn losses_match_pytorch() {
         norm(g.get(x_s.as_tensor()).unwrap()),
         &r["relation_kl"]["grad_norm_student"],
         1e-5,
+    );
+    close_all(
+        "relation_kl grad",
+        g.get(x_s.as_tensor()).unwrap(),
+        &r["relation_kl"]["grad_student"],
+        F32_RTOL,
+        F32_ATOL,
     );
 
     let t = doc["temperature"].as_f64().unwrap();
@@ -235,6 +350,13 @@ fn losses_match_pytorch() {
             norm(g.get(z_s.as_tensor()).unwrap()),
             &r[name]["grad_norm_student"],
             1e-10,
+        );
+        close_all(
+            name,
+            g.get(z_s.as_tensor()).unwrap(),
+            &r[name]["grad_student"],
+            F64_RTOL,
+            F64_ATOL,
         );
     }
 }
