@@ -143,6 +143,9 @@ pub enum DataError {
 
     #[error(transparent)]
     Tokenizer(#[from] ModelError),
+
+    #[error(transparent)]
+    Write(#[from] distillery_util::fs::WriteError),
 }
 
 pub type Result<T> = std::result::Result<T, DataError>;

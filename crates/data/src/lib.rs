@@ -11,12 +11,14 @@
 //! - Malformed rows (wrong column count, empty text or label, invalid UTF-8, bad JSON, missing
 //!   key, unknown label) are errors naming the file and 1-based line, or — with
 //!   [`MalformedPolicy::Skip`] — left out and listed in [`Dataset::skipped`].
-//! - Everything random (splits, shuffling) draws from `distillery_models::rng::SplitMix64`
+//! - Everything random (splits, shuffling) draws from `distillery_util::rng::SplitMix64`
 //!   streams derived from the seed: the same seed gives the same order on every platform.
 //! - [`Batcher::cursor`] / [`Batcher::from_cursor`] save and restore the position so that a
 //!   resumed run continues at the same example.
 //! - Tokenisation is the teacher's ([`distillery_models::TextTokenizer`]): truncation to its
-//!   maximum length, padding to each batch's longest sequence.
+//!   maximum length, padding to each batch's longest sequence. The tokenizer is the only thing
+//!   this crate takes from `distillery-models` (a model family brings its own tokenizer);
+//!   utilities come from `distillery-util`.
 //!
 //! This crate knows nothing of models' internals or of training.
 

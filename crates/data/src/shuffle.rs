@@ -1,7 +1,7 @@
-//! Seeded permutations from `distillery_models::rng::SplitMix64`: the same (length, seed, stream)
+//! Seeded permutations from `distillery_util::rng::SplitMix64`: the same (length, seed, stream)
 //! gives the same order on every platform (integer arithmetic only, no platform RNG).
 
-use distillery_models::rng::SplitMix64;
+use distillery_util::rng::SplitMix64;
 
 /// Uniform in `0..n` (`n ≥ 1`) without modulo bias (multiply-shift with rejection).
 pub(crate) fn below(rng: &mut SplitMix64, n: u64) -> u64 {

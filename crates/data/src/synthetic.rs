@@ -46,12 +46,12 @@
 //! token. It is much slower to learn: the same 4-layer, 64-wide BERT stays at chance for 1500
 //! steps in this engine (PyTorch needs about 1500 steps to reach 0.88).
 //!
-//! All randomness comes from `distillery_models::rng::SplitMix64` streams derived from the seed,
+//! All randomness comes from `distillery_util::rng::SplitMix64` streams derived from the seed,
 //! so the same seed gives the same data on every platform.
 
 use std::path::{Path, PathBuf};
 
-use distillery_models::rng::SplitMix64;
+use distillery_util::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -303,11 +303,6 @@ pub fn write_tokenizer(dir: &Path, config: &SyntheticConfig) -> Result<PathBuf> 
     });
     let path = dir.join("tokenizer.json");
     let text = json.to_string();
-    distillery_models::hub::write_atomically(&path, |tmp| {
-        std::fs::write(tmp, &text).map_err(|e| distillery_models::ModelError::Io {
-            path: tmp.to_path_buf(),
-            message: format!("cannot write: {e}"),
-        })
-    })?;
+    distillery_util::fs::write_atomic(&path, text.as_bytes())?;
     Ok(path)
 }

@@ -473,9 +473,14 @@ fn invalid_configs_are_errors_naming_the_field() {
         texts,
         HashSet::from(["cat dog yes".to_string(), "dog cat no".to_string()])
     );
-    let missing = dir.path().join("no/such/dir");
-    let err = synthetic::write_tokenizer(&missing, &ok).unwrap_err();
-    assert!(err.to_string().contains("cannot write"), "{err}");
+    // A folder that cannot exist (a file stands in its way) is an error naming the place.
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "x").unwrap();
+    let err = synthetic::write_tokenizer(&blocker.join("dir"), &ok).unwrap_err();
+    assert!(err.to_string().contains("file"), "{err}");
+    // A missing one is created.
+    let fresh = dir.path().join("no/such/dir");
+    assert!(synthetic::write_tokenizer(&fresh, &ok).unwrap().is_file());
 }
 
 #[test]

@@ -53,6 +53,12 @@ pub enum ModelError {
 
 pub type Result<T> = std::result::Result<T, ModelError>;
 
+impl From<distillery_util::fs::WriteError> for ModelError {
+    fn from(e: distillery_util::fs::WriteError) -> Self {
+        io_err(&e.path, e.source)
+    }
+}
+
 pub(crate) fn io_err(path: &std::path::Path, e: impl std::fmt::Display) -> ModelError {
     ModelError::Io {
         path: path.to_path_buf(),

@@ -10,6 +10,7 @@ use crate::bert::BertModel;
 use crate::config::BertConfig;
 use crate::error::{io_err, ModelError, Result};
 use crate::params::{ParamBuilder, Stored};
+use distillery_util::fs::{write_atomic, write_atomic_with};
 
 /// Files copied next to a saved model when the source folder has them.
 pub const TOKENIZER_FILES: [&str; 4] = [
@@ -114,7 +115,7 @@ pub fn save_model(model: &BertModel, dir: &Path, tokenizer_from: Option<&Path>) 
         ));
     }
     let st_path = dir.join("model.safetensors");
-    write_atomically(&st_path, |tmp| {
+    write_atomic_with(&st_path, |tmp| -> Result<()> {
         Ok(candle_core::safetensors::save(
             &tensors.iter().cloned().collect(),
             tmp,
@@ -123,15 +124,13 @@ pub fn save_model(model: &BertModel, dir: &Path, tokenizer_from: Option<&Path>) 
     let cfg = serde_json::to_string_pretty(&model.config.to_hf_json())
         .map_err(|e| ModelError::Input(e.to_string()))?;
     let cfg_path = dir.join("config.json");
-    write_atomically(&cfg_path, |tmp| {
-        std::fs::write(tmp, cfg.as_bytes()).map_err(|e| io_err(tmp, e))
-    })?;
+    write_atomic(&cfg_path, cfg.as_bytes())?;
     if let Some(src) = tokenizer_from {
         for f in TOKENIZER_FILES {
             let from = src.join(f);
             if from.is_file() && from != dir.join(f) {
                 let to = dir.join(f);
-                write_atomically(&to, |tmp| {
+                write_atomic_with(&to, |tmp| -> Result<()> {
                     std::fs::copy(&from, tmp)
                         .map(|_| ())
                         .map_err(|e| io_err(&from, e))
@@ -140,16 +139,4 @@ pub fn save_model(model: &BertModel, dir: &Path, tokenizer_from: Option<&Path>) 
         }
     }
     Ok(())
-}
-
-/// Writes through `write` to `path.tmp`, then renames over `path`.
-pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    if let Err(e) = write(&tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
 }

@@ -13,7 +13,7 @@ pub mod hub;
 pub mod layers;
 pub mod output;
 pub mod params;
-pub mod rng;
+pub use distillery_util::rng;
 pub mod student;
 #[doc(hidden)]
 pub mod testing;

@@ -14,10 +14,11 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use candle_core::DType;
 use distillery_data::{BatchConfig, Batcher};
-use distillery_stages::cache::{human_bytes, xxh64};
+use distillery_stages::cache::human_bytes;
 use distillery_stages::{
     example_lengths, CacheConfig, Probe, Schedule, TeacherCache, TeacherNeeds,
 };
+use distillery_util::hash::{xxh64_file, Hasher};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::config::{schema::CacheDtype, schema::TeacherCacheSection, Config};
@@ -41,21 +42,21 @@ fn cache_config(section: &TeacherCacheSection) -> CacheConfig {
 /// example, in order) and the truncation length. Any change gives another key, and the cache is
 /// rebuilt.
 fn key(config: &Config, task: &Task, teacher: &Teacher) -> Result<String> {
-    let mut h = xxh64::Xxh64::new(0);
+    let mut h = Hasher::new();
     let weights = distillery_models::hub::weights_path(&teacher.info.path)?;
-    let (w, _) = xxh64::xxh64_file(&weights)
-        .with_context(|| format!("{}: cannot read", weights.display()))?;
-    h.update(&w.to_le_bytes());
+    let (w, _) =
+        xxh64_file(&weights).with_context(|| format!("{}: cannot read", weights.display()))?;
+    h.write(&w.to_le_bytes());
     for f in [
         teacher.info.path.join("config.json"),
         task.tokenizer_dir.join("tokenizer.json"),
     ] {
         let bytes = std::fs::read(&f).with_context(|| format!("{}: cannot read", f.display()))?;
-        h.update(&(bytes.len() as u64).to_le_bytes());
-        h.update(&bytes);
+        h.write(&(bytes.len() as u64).to_le_bytes());
+        h.write(&bytes);
     }
-    h.update(&task.digest().to_le_bytes());
-    h.update(&(config.data.max_len as u64).to_le_bytes());
+    h.write(&task.digest().to_le_bytes());
+    h.write(&(config.data.max_len as u64).to_le_bytes());
     Ok(format!("{:016x}", h.finish()))
 }
 

@@ -271,7 +271,7 @@ pub fn run_schedule(
         &crate::observe::read_metrics(&metrics_path)?,
         config,
     )?;
-    crate::fsutil::write_atomic(
+    distillery_util::fs::write_atomic(
         &dir.join("summary.json"),
         &serde_json::to_vec_pretty(&summary)?,
     )?;
@@ -310,7 +310,10 @@ impl Clock {
 impl distillery_stages::Observer for Clock {
     fn on_event(&mut self, event: &distillery_stages::Event) {
         if let distillery_stages::Event::Checkpointed { .. } = event {
-            let _ = crate::fsutil::write_atomic(&self.path, format!("{}", self.total()).as_bytes());
+            let _ = distillery_util::fs::write_atomic(
+                &self.path,
+                format!("{}", self.total()).as_bytes(),
+            );
         }
     }
 }

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, IndexOp};
 use distillery_models::{
     load_model, mean_pool, ForwardOptions, LoadOptions, TextInput, TextTokenizer,
 };
+use distillery_util::fs::write_atomic_with;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::Pooling;
@@ -35,25 +36,15 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let tok = TextTokenizer::from_file(&args.model.join("tokenizer.json"), args.max_len)?;
 
-    // Written beside the target and renamed at the end: an existing output is never half-replaced.
-    let dir = args
-        .output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let mut tmp = crate::fsutil::output_tempfile(dir).with_context(|| {
-        format!(
-            "{}: cannot create a file in {}",
-            args.output.display(),
-            dir.display()
-        )
-    })?;
     let bar = ProgressBar::new(texts.len() as u64).with_style(
         ProgressStyle::with_template("embed {bar:30} {pos}/{len} texts  {per_sec}  eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    {
-        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+    // Written beside the target and renamed at the end: an existing output is never half-replaced.
+    write_atomic_with(&args.output, |tmp| -> Result<()> {
+        let file = std::fs::File::create(tmp)
+            .with_context(|| format!("{}: cannot create", tmp.display()))?;
+        let mut w = std::io::BufWriter::new(file);
         for chunk in texts.chunks(args.batch_size) {
             let inputs: Vec<TextInput> =
                 chunk.iter().map(|t| TextInput::Single(t.clone())).collect();
@@ -76,11 +67,9 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
             bar.inc(chunk.len() as u64);
         }
         w.flush()
-            .with_context(|| format!("{}: write failed", args.output.display()))?;
-    }
+            .with_context(|| format!("{}: write failed", args.output.display()))
+    })?;
     bar.finish_and_clear();
-    tmp.persist(&args.output)
-        .with_context(|| format!("{}: cannot write", args.output.display()))?;
     eprintln!(
         "embedded {} texts into {}",
         texts.len(),

@@ -121,7 +121,7 @@ pub fn predict(args: &DataArgs, output: Option<&std::path::Path>) -> Result<()> 
     }
     match output {
         Some(path) => {
-            crate::fsutil::write_atomic(path, out.as_bytes())?;
+            distillery_util::fs::write_atomic(path, out.as_bytes())?;
             eprintln!("predicted {} texts into {}", data.len(), path.display());
         }
         None => {

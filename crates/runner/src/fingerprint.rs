@@ -7,40 +7,19 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+use distillery_util::hash::Hasher;
+
 use crate::config::Config;
 
-/// FNV-1a, 64-bit: small, stable across platforms and Rust versions (unlike `DefaultHasher`).
-#[derive(Debug, Clone, Copy)]
-pub struct Fnv(u64);
-
-impl Fnv {
-    pub fn new() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-
-    pub fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    /// A string with its length first, so that ("ab", "c") and ("a", "bc") differ.
-    pub fn write_str(&mut self, s: &str) {
-        self.write(&(s.len() as u64).to_le_bytes());
-        self.write(s.as_bytes());
-    }
-
-    pub fn finish(&self) -> u64 {
-        self.0
-    }
-}
+/// The `run.json` format: 2 since fingerprints are XXH64 (format 1 used FNV-1a, so its
+/// fingerprints cannot be compared with this build's).
+const FORMAT: u64 = 2;
 
 /// The fingerprint of `config` (its parsed values, so comments and key order do not matter, nor
 /// where the file lives), the data digest and, for a teacher folder, its `config.json` and the
 /// size of its weights.
 pub fn of(config: &Config, data_digest: u64) -> Result<String> {
-    let mut h = Fnv::new();
+    let mut h = Hasher::new();
     h.write_str(&config.fingerprint_text());
     h.write(&data_digest.to_le_bytes());
     if let crate::config::TeacherSource::Folder(dir) = config.teacher_source()? {
@@ -74,6 +53,13 @@ pub fn claim(out: &Path, fingerprint: &str, resume: bool) -> Result<()> {
                 out.display()
             );
         }
+        if v["format"].as_u64() != Some(FORMAT) {
+            bail!(
+                "{}: was started by an earlier version of distillery (run record format {}, this build writes {FORMAT}); finish it with that version, or choose another --out",
+                out.display(),
+                v["format"]
+            );
+        }
         if v["fingerprint"].as_str() != Some(fingerprint) {
             bail!(
                 "{}: was started with another config or other data (fingerprint {} here, {fingerprint} now); resume with the same config and data, or choose another --out",
@@ -83,6 +69,36 @@ pub fn claim(out: &Path, fingerprint: &str, resume: bool) -> Result<()> {
         }
         return Ok(());
     }
-    let json = serde_json::json!({"fingerprint": fingerprint, "format": 1});
-    crate::fsutil::write_atomic(&path, json.to_string().as_bytes())
+    let json = serde_json::json!({"fingerprint": fingerprint, "format": FORMAT});
+    distillery_util::fs::write_atomic(&path, json.to_string().as_bytes())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_folder_claimed_once_needs_resume_and_the_same_fingerprint_and_format() {
+        let dir = tempfile::tempdir().unwrap();
+        claim(dir.path(), "abc", false).unwrap();
+        let e = claim(dir.path(), "abc", false).unwrap_err().to_string();
+        assert!(e.contains("unfinished run"), "{e}");
+        claim(dir.path(), "abc", true).unwrap();
+        let e = claim(dir.path(), "abd", true).unwrap_err().to_string();
+        assert!(e.contains("another config"), "{e}");
+        // A folder an earlier version started (FNV fingerprints) is refused by name, not
+        // mistaken for a changed config.
+        std::fs::write(
+            dir.path().join("run.json"),
+            r#"{"fingerprint":"abc","format":1}"#,
+        )
+        .unwrap();
+        let e = claim(dir.path(), "abc", true).unwrap_err().to_string();
+        assert!(
+            e.contains("earlier version") && e.contains("format 1"),
+            "{e}"
+        );
+    }
 }

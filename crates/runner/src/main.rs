@@ -12,7 +12,6 @@ mod embed;
 mod evaluate;
 mod faults;
 mod fingerprint;
-mod fsutil;
 mod inspect;
 mod jobs;
 mod observe;

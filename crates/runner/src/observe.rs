@@ -223,7 +223,8 @@ fn truncate_after(path: &Path, step: usize) -> Result<()> {
             kept.push('\n');
         }
     }
-    crate::fsutil::write_atomic(path, kept.as_bytes())
+    distillery_util::fs::write_atomic(path, kept.as_bytes())?;
+    Ok(())
 }
 
 /// The metrics file's lines, parsed (a cut last line is ignored).

@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::distill::Summary;
-use crate::fsutil::write_atomic;
 use crate::plot::{LineChart, Marker, Series};
+use distillery_util::fs::write_atomic;
 
 const TERMS: [&str; 4] = ["hidden", "attention", "logit", "hard_label"];
 
@@ -124,7 +124,8 @@ pub fn write_run_report(dir: &Path, s: &Summary, metrics: &[Value], config: &Con
             let _ = writeln!(md, "| {x} | {y:.4} |");
         }
     }
-    write_atomic(&dir.join("report.md"), md.as_bytes())
+    write_atomic(&dir.join("report.md"), md.as_bytes())?;
+    Ok(())
 }
 
 /// One row per schedule; `metrics` are each run's metrics lines, in the same order.
@@ -206,5 +207,6 @@ pub fn write_comparison(out: &Path, rows: &[Summary], metrics: &[Vec<Value>]) ->
     write_atomic(
         &out.join("comparison.json"),
         &serde_json::to_vec_pretty(rows)?,
-    )
+    )?;
+    Ok(())
 }

@@ -114,7 +114,7 @@ impl Task {
     /// A digest of every example of every split (text, pair, label, in order): part of the
     /// output folder's fingerprint, so that changed data is never mixed into a resumed run.
     pub fn digest(&self) -> u64 {
-        let mut h = crate::fingerprint::Fnv::new();
+        let mut h = distillery_util::hash::Hasher::new();
         for (i, d) in std::iter::once(&self.splits.train)
             .chain(&self.splits.dev)
             .chain(&self.splits.test)
@@ -141,7 +141,7 @@ impl Task {
         if self.tokenizer_dir.starts_with(scratch) {
             let dir = out.join("tokenizer");
             let bytes = std::fs::read(self.tokenizer_dir.join("tokenizer.json"))?;
-            crate::fsutil::write_atomic(&dir.join("tokenizer.json"), &bytes)?;
+            distillery_util::fs::write_atomic(&dir.join("tokenizer.json"), &bytes)?;
             self.tokenizer_dir = dir;
         }
         Ok(())
@@ -159,5 +159,6 @@ fn write_split(path: &Path, d: &Dataset) -> Result<()> {
         s.push_str(&v.to_string());
         s.push('\n');
     }
-    crate::fsutil::write_atomic(path, s.as_bytes())
+    distillery_util::fs::write_atomic(path, s.as_bytes())?;
+    Ok(())
 }

@@ -10,10 +10,11 @@ use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use distillery_data::Batcher;
 use distillery_models::{
-    load_model, random_student, rng::SplitMix64, save_model, with_new_head, Activation, BertConfig,
-    BertModel, LoadOptions,
+    load_model, random_student, save_model, with_new_head, Activation, BertConfig, BertModel,
+    LoadOptions,
 };
 use distillery_stages::{CheckpointDir, EvalSet, Metrics, Models, Trainer, TrainerConfig};
+use distillery_util::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, TeacherSource};
@@ -288,5 +289,6 @@ pub fn prepare(
 
 fn write_info(out: &Path, info: &TeacherInfo) -> Result<()> {
     let json = serde_json::to_vec_pretty(info)?;
-    crate::fsutil::write_atomic(&out.join("teacher").join("teacher.json"), &json)
+    distillery_util::fs::write_atomic(&out.join("teacher").join("teacher.json"), &json)?;
+    Ok(())
 }

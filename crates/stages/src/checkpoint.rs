@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use distillery_data::Cursor;
+use distillery_util::fs::sync_dir;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_err, Result, StageError};
@@ -163,6 +164,7 @@ impl CheckpointDir {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
         }
+        sync_dir(&tmp);
         if fin.exists() {
             // Same step saved again (a resumed run passing its own checkpoint): swap, then drop
             // the old one, so that a crash in between still leaves a complete folder.
@@ -221,13 +223,6 @@ impl CheckpointDir {
             Some((_, path)) => load(&path, device).map(Some),
             None => Ok(None),
         }
-    }
-}
-
-/// Makes the renames in `dir` durable (best effort: not every filesystem supports it).
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
     }
 }
 

@@ -29,6 +29,12 @@ pub enum StageError {
 
 pub type Result<T> = std::result::Result<T, StageError>;
 
+impl From<distillery_util::fs::WriteError> for StageError {
+    fn from(e: distillery_util::fs::WriteError) -> Self {
+        io_err(&e.path, e.source)
+    }
+}
+
 pub(crate) fn io_err(path: &std::path::Path, source: std::io::Error) -> StageError {
     StageError::Io {
         path: path.to_path_buf(),

@@ -16,7 +16,8 @@ use candle_core::{Tensor, Var};
 use candle_nn::VarMap;
 use distillery_data::{Batch, Batcher};
 use distillery_losses::{hard_cross_entropy, LayerPair, Projection};
-use distillery_models::{rng::SplitMix64, BertModel, BertOutput, ForwardOptions};
+use distillery_models::{BertModel, BertOutput, ForwardOptions};
+use distillery_util::rng::SplitMix64;
 
 use crate::cache::{TeacherCache, TeacherNeeds, TeacherShape};
 use crate::checkpoint::{Best, Checkpoint, CheckpointDir, TrainState};

@@ -50,7 +50,7 @@ use distillery_models::{
     load_model, random_student, save_model, testing, BertModel, BertOutput, ForwardOptions,
     LayerAttention, LoadOptions, TextTokenizer,
 };
-use distillery_stages::cache::{xxh64, MISSING_LOGIT};
+use distillery_stages::cache::MISSING_LOGIT;
 use distillery_stages::*;
 
 const WORDS: [&str; 10] = [
@@ -299,46 +299,6 @@ fn lengths_of(batch: &distillery_data::Batch) -> Vec<usize> {
 fn rel_diff(x: &[f32], y: &[f32]) -> f32 {
     let scale = x.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
     x.iter().zip(y).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
-}
-
-#[test]
-fn xxh64_matches_the_reference_vectors_in_one_piece_and_streamed() {
-    let vectors: [(&[u8], u64); 7] = [
-        (b"", 0xEF46_DB37_51D8_E999),
-        (b"a", 0xD24E_C4F1_A98C_6E5B),
-        (b"abc", 0x44BC_2CF5_AD77_0999),
-        (
-            b"Nobody inspects the spammish repetition",
-            0xFBCE_A83C_8A37_8BF1,
-        ),
-        (
-            b"The quick brown fox jumps over the lazy dog",
-            0x0B24_2D36_1FDA_71BC,
-        ),
-        (&[b'a'; 32], 0x856E_8432_98F9_9AD7),
-        (&[b'b'; 64], 0xECBA_F4BD_F26B_6349),
-    ];
-    for (data, want) in vectors {
-        assert_eq!(
-            xxh64::xxh64(data, 0),
-            want,
-            "{:?}",
-            String::from_utf8_lossy(data)
-        );
-        for split in [1, 3, 7, 31, 33] {
-            let mut h = xxh64::Xxh64::new(0);
-            for chunk in data.chunks(split) {
-                h.update(chunk);
-            }
-            assert_eq!(h.finish(), want, "split {split}");
-        }
-    }
-    let big: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
-    let mut h = xxh64::Xxh64::new(0);
-    for chunk in big.chunks(97) {
-        h.update(chunk);
-    }
-    assert_eq!(h.finish(), xxh64::xxh64(&big, 0));
 }
 
 /// (a) Aligned data: a shuffled batch padded differently from the build's batches gets the

@@ -29,7 +29,7 @@
 //! - `index.json`, written last and atomically: format version, key, needs, dtype, top-k, the
 //!   teacher's shape (layers, heads, hidden, labels), per example `[shard, token offset,
 //!   length]`, per shard its file name, byte length, first example, example and token counts and
-//!   XXH64 checksum of the file's bytes ([`xxh64`], seed 0, 16 hex digits).
+//!   XXH64 checksum of the file's bytes (`distillery_util::hash`, seed 0, 16 hex digits).
 //!
 //! Every file is written under a temporary name beside its target, synced and renamed; a build
 //! first removes the old `index.json`, so a build that dies half-way leaves no index and the
@@ -57,17 +57,17 @@
 //! (relative 2⁻¹¹ and 2⁻⁸).
 
 mod needs;
-pub mod xxh64;
 
 pub use needs::TeacherNeeds;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor};
 use distillery_data::Batcher;
 use distillery_models::{BertConfig, BertModel, BertOutput, ForwardOptions, LayerAttention};
+use distillery_util::fs::{write_atomic, write_atomic_with};
+use distillery_util::hash::xxh64_file;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_err, Result, StageError};
@@ -508,13 +508,10 @@ impl<'a> ShardWriter<'a> {
         }
         let file = format!("{SHARD_PREFIX}{:05}{SHARD_SUFFIX}", self.shards.len());
         let path = self.dir.join(&file);
-        let tmp = self.dir.join(format!(".{file}.tmp"));
-        candle_core::safetensors::save(&tensors, &tmp)?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| io_err(&tmp, e))?;
-        let (hash, bytes) = xxh64::xxh64_file(&tmp).map_err(|e| io_err(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+        let (hash, bytes) = write_atomic_with(&path, |tmp| -> Result<(u64, u64)> {
+            candle_core::safetensors::save(&tensors, tmp)?;
+            xxh64_file(tmp).map_err(|e| io_err(tmp, e))
+        })?;
         self.shards.push(ShardMeta {
             file,
             bytes,
@@ -529,22 +526,6 @@ impl<'a> ShardWriter<'a> {
         self.tokens = 0;
         Ok(())
     }
-}
-
-/// Writes `bytes` to `path` through a synced temporary file and a rename.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    };
-    write().map_err(|e| io_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
 }
 
 /// Removes the index first (so a build that dies leaves no usable cache), then old shards and
@@ -695,7 +676,7 @@ impl TeacherCache {
             examples: writer.entries,
         };
         let json = serde_json::to_vec(&index).map_err(|e| cache_err(e.to_string()))?;
-        write_atomically(&dir.join(INDEX), &json)?;
+        write_atomic(&dir.join(INDEX), &json)?;
         match Self::probe(dir, key, needs, cfg)? {
             Probe::Ready(cache) => Ok(*cache),
             Probe::Absent => Err(cache_err(format!(
@@ -789,7 +770,7 @@ impl TeacherCache {
                     s.bytes
                 ));
             }
-            let (hash, _) = xxh64::xxh64_file(&p).map_err(|e| io_err(&p, e))?;
+            let (hash, _) = xxh64_file(&p).map_err(|e| io_err(&p, e))?;
             if format!("{hash:016x}") != s.xxh64 {
                 return stale(format!(
                     "{}: checksum {hash:016x}, the index says {} (corrupted)",
