@@ -805,3 +805,11 @@ fn bad_config_mse_logit_loss_with_top_k_cached_logits() {
         + "\n[teacher_cache]\ntop_k_logits = 1\n";
     bad_config(&t, &["teacher_cache.top_k_logits", "mse"]);
 }
+
+#[test]
+fn bad_config_zero_micro_batches() {
+    bad_config(
+        &tiny_config("one-stage", 10, "micro_batches = 0"),
+        &["distill.micro_batches"],
+    );
+}

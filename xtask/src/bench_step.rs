@@ -325,8 +325,7 @@ pub fn child(model_dir: &str, iters: usize, mode: &str, student_hidden: usize) -
         None,
         TrainerConfig {
             seed: 1,
-            checkpoints: None,
-            stop_after: None,
+            ..TrainerConfig::default()
         },
     )?;
     let mut timer = Timer::default();

@@ -22,10 +22,8 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 // The API the commands use; the other section types are reached through `schema`.
-#[allow(unused_imports)] // until the `run` / `compare` commands use them
 pub use convert::{ScheduleChoice, StudentSource, TeacherSource};
-#[allow(unused_imports)]
-pub use schema::{Config, DeviceSpec, SyntheticSection, DEFAULT_SPLIT};
+pub use schema::{Config, DeviceSpec, DEFAULT_SPLIT};
 
 /// Reads, parses and validates the config at `path`; relative paths inside it resolve against
 /// its folder.

@@ -213,6 +213,8 @@ pub fn run_schedule(
             seed: seed_of(config, "distill"),
             checkpoints: Some(ckpt),
             stop_after: fault_step("DISTILLERY_STOP_AFTER", "distill"),
+            micro_batches: config.distill.micro_batches,
+            rank: 0,
         },
     )?;
     let clock_path = dir.join(".elapsed");

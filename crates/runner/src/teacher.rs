@@ -243,6 +243,7 @@ pub fn prepare(
             seed: seed_of(config, "teacher/train"),
             checkpoints: Some(ckpt),
             stop_after: fault_step("DISTILLERY_STOP_AFTER", "teacher"),
+            ..Default::default()
         },
     )?;
     let mut progress = Progress::new("teacher", quiet);

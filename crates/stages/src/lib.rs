@@ -2,7 +2,7 @@
 //!
 //! - [`schedule`]: a [`Schedule`] is a list of [`Stage`]s (loss terms with weights, length,
 //!   AdamW settings, learning-rate schedule, parameter groups, optimiser carry-over, evaluation
-//!   and checkpoint cadence); [`presets`] expand the one-/two-/three-stage rows of DESIGN.md at
+//!   and checkpoint cadence); [`presets`] expand the one-/two-/three-stage schedules at
 //!   equal step budget; [`lr`] has warm-up + decay.
 //! - [`cache`]: the teacher-output cache — what a schedule reads of the teacher
 //!   ([`TeacherNeeds`]), computed once into checksummed safetensors shards and read back
@@ -20,6 +20,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod eval;
 pub mod events;
+pub mod gradients;
 pub mod lr;
 pub mod optim;
 pub mod presets;
@@ -33,6 +34,7 @@ pub use checkpoint::{Best, Checkpoint, CheckpointDir, TrainState};
 pub use error::{Result, StageError};
 pub use eval::{EvalSet, Metrics};
 pub use events::{Event, Observer, Recorder, StepReport};
+pub use gradients::{GradientHook, Gradients, MeanOver, StepInfo};
 pub use lr::{Decay, LrSchedule};
 pub use optim::Optimizer;
 pub use presets::{expand, split_steps, Preset, PresetSettings};

@@ -1,4 +1,5 @@
-//! The three schedules of DESIGN.md, expanded from one set of loss settings and one step budget
+//! The three preset schedules (TinyBERT's two-stage recipe, and the one- and three-stage
+//! alternatives it is compared with), expanded from one set of loss settings and one step budget
 //! so that they compare at equal cost:
 //!
 //! | preset      | stage I                    | stage II                   | stage III |
@@ -49,8 +50,8 @@ pub struct PresetSettings {
     pub hidden: LossTerm,
     pub attention: LossTerm,
     pub logit: LossTerm,
-    /// Hard-label cross-entropy mixed into every stage that has the logit term (DESIGN: soft
-    /// KD "optionally mixed with hard-label cross-entropy").
+    /// Hard-label cross-entropy mixed into every stage that has the logit term (soft KD
+    /// optionally mixed with hard-label cross-entropy).
     pub hard_label: Option<LossTerm>,
     pub total_steps: usize,
     /// Fractions of `total_steps` per stage, by preset length; `None` splits evenly.

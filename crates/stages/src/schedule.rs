@@ -43,6 +43,20 @@ impl LossTerm {
         !matches!(self, Self::HardLabel { .. })
     }
 
+    /// What the term's value is a mean over, so that micro-batches combine exactly.
+    pub fn mean_over(&self) -> crate::gradients::MeanOver {
+        use crate::gradients::MeanOver;
+        use distillery_losses::AttentionKind;
+        match self {
+            Self::Hidden { .. } => MeanOver::Tokens,
+            Self::Attention { loss, .. } => match loss.kind {
+                AttentionKind::ScoreMse => MeanOver::TokenPairs,
+                AttentionKind::Kl | AttentionKind::Relation { .. } => MeanOver::Tokens,
+            },
+            Self::Logit { .. } | Self::HardLabel { .. } => MeanOver::Examples,
+        }
+    }
+
     pub fn kind_name(&self) -> &'static str {
         match self {
             Self::Hidden { .. } => "hidden",

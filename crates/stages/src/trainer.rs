@@ -24,6 +24,7 @@ use crate::checkpoint::{Best, Checkpoint, CheckpointDir, TrainState};
 use crate::error::{Result, StageError};
 use crate::eval::{EvalSet, Metrics};
 use crate::events::{Event, Observer, StepReport};
+use crate::gradients::{self, GradientHook, Gradients, StepInfo};
 use crate::optim::Optimizer;
 use crate::schedule::{LossTerm, Schedule, Stage};
 
@@ -36,6 +37,13 @@ pub struct TrainerConfig {
     /// Stop (as if interrupted) once this global step is done and checkpointed when due; a
     /// later run resumes from the checkpoint. For time-boxed runs and the resume tests.
     pub stop_after: Option<usize>,
+    /// Batches drawn, forwarded and backpropagated per optimiser step, their gradients
+    /// accumulated exactly (see [`crate::gradients`]); 0 and 1 both mean one.
+    pub micro_batches: usize,
+    /// This process's rank in a data-parallel run (0 alone). Dropout masks derive from
+    /// (seed, global step, rank, micro-batch); rank 0's first micro-batch draws the masks a
+    /// single-process run always drew.
+    pub rank: usize,
 }
 
 /// The models a schedule trains and reads.
@@ -195,6 +203,7 @@ pub struct Trainer<'a> {
     config: TrainerConfig,
     optimizer: Optimizer,
     vars: Vec<(String, Var)>,
+    hook: Option<Box<dyn GradientHook + 'a>>,
 }
 
 impl std::fmt::Debug for Trainer<'_> {
@@ -219,7 +228,27 @@ impl<'a> Trainer<'a> {
             config,
             optimizer,
             vars,
+            hook: None,
         })
+    }
+
+    /// Runs `hook` on every step's gradients before the update (see [`crate::gradients`]).
+    pub fn with_gradient_hook(mut self, hook: Box<dyn GradientHook + 'a>) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// The dropout seed of micro-batch `micro` of the step after `global_step`.
+    fn dropout_seed(&self, global_step: usize, micro: usize) -> u64 {
+        let label = if micro == 0 && self.config.rank == 0 {
+            format!("dropout/{global_step}")
+        } else {
+            format!(
+                "dropout/{global_step}/rank{}/micro{micro}",
+                self.config.rank
+            )
+        };
+        SplitMix64::derive(self.config.seed, &label).next_u64()
     }
 
     /// Every trained tensor by name (student weights and projections), for checkpoints.
@@ -436,7 +465,11 @@ impl<'a> Trainer<'a> {
     ) -> Result<StepReport> {
         let start = Instant::now();
         let global_step = state.global_step + 1;
-        let batch = batcher.next_batch()?;
+        let n = self.config.micro_batches.max(1);
+        let batches: Vec<Batch> = (0..n)
+            .map(|_| batcher.next_batch())
+            .collect::<std::result::Result<_, _>>()?;
+        let shares = (n > 1).then(|| gradients::shares(&stage.losses, &batches));
         let where_ = || {
             format!(
                 "stage {} ({:?}) step {} (global step {global_step})",
@@ -445,26 +478,64 @@ impl<'a> Trainer<'a> {
                 step + 1
             )
         };
-        let (total, terms) = self.objective(stage, prepared, &batch, state.global_step)?;
-        let loss = f64::from(
-            total
-                .to_dtype(candle_core::DType::F32)?
-                .to_scalar::<f32>()?,
-        );
-        if !loss.is_finite() {
-            let parts: Vec<String> = terms.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            return Err(StageError::NonFinite(format!(
-                "{}: the loss is {loss} ({}){}",
-                where_(),
-                parts.join(", "),
-                self.last_good()
-            )));
+        // (a) forward + losses + backward per micro-batch, gradients accumulated.
+        let mut loss = 0f64;
+        let mut terms: Vec<(String, f64)> = Vec::new();
+        let mut grads: Option<Gradients> = None;
+        for (m, batch) in batches.iter().enumerate() {
+            let share = shares.as_ref().map(|s| s[m].as_slice());
+            let seed = self.dropout_seed(state.global_step, m);
+            let (total, values) = self.objective(stage, prepared, batch, seed, share)?;
+            let part = f64::from(
+                total
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_scalar::<f32>()?,
+            );
+            if !part.is_finite() {
+                let parts: Vec<String> = values.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                return Err(StageError::NonFinite(format!(
+                    "{}: the loss is {part} ({}){}",
+                    where_(),
+                    parts.join(", "),
+                    self.last_good()
+                )));
+            }
+            let g = Gradients::from_store(&self.vars, &total.backward()?);
+            match &mut grads {
+                None => grads = Some(g),
+                Some(acc) => acc.accumulate(g)?,
+            }
+            loss += part;
+            // Each term's value over the whole batch: its micro-batch values by share.
+            for (i, (name, v)) in values.into_iter().enumerate() {
+                let v = share.map_or(v, |s| v * s[i]);
+                match terms.get_mut(i) {
+                    Some(t) => t.1 += v,
+                    None => terms.push((name, v)),
+                }
+            }
         }
-        let grads = total.backward()?;
+        let mut grads =
+            grads.ok_or_else(|| StageError::Config("a step needs a micro-batch".into()))?;
+        // (b) the gradient hook (all-reduce, inspection), then (c) the update.
+        if let Some(hook) = &mut self.hook {
+            let info = StepInfo {
+                stage_index: si,
+                step: step + 1,
+                global_step,
+                micro_batches: n,
+            };
+            hook.on_gradients(&info, &mut grads)?;
+        }
         let lr = stage.lr.at(step, stage.steps);
         let stats = self
             .optimizer
-            .step(&grads, lr, &stage.optimizer, &stage.params)
+            .step(
+                &grads.to_store(&self.vars),
+                lr,
+                &stage.optimizer,
+                &stage.params,
+            )
             .map_err(|e| match e {
                 StageError::NonFinite(m) => {
                     StageError::NonFinite(format!("{}: {m}{}", where_(), self.last_good()))
@@ -472,18 +543,19 @@ impl<'a> Trainer<'a> {
                 other => other,
             })?;
         let secs = start.elapsed().as_secs_f64().max(1e-9);
+        let examples: usize = batches.iter().map(Batch::len).sum();
         Ok(StepReport {
             stage_index: si,
             stage: stage.name.clone(),
             step: step + 1,
             global_step,
-            epoch: batch.epoch,
+            epoch: batches.last().map_or(0, |b| b.epoch),
             loss,
             terms,
             lr,
             grad_norm: stats.grad_norm,
-            examples: batch.len(),
-            examples_per_sec: batch.len() as f64 / secs,
+            examples,
+            examples_per_sec: examples as f64 / secs,
         })
     }
 
@@ -500,13 +572,15 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// The stage's weighted loss and each term's unweighted value.
+    /// The stage's weighted loss on `batch` and each term's unweighted value; with `shares`
+    /// (micro-batches), each term also weighted by this micro-batch's share of the step's.
     fn objective(
         &self,
         stage: &Stage,
         prepared: &Prepared,
         batch: &Batch,
-        global_step: usize,
+        seed: u64,
+        shares: Option<&[f64]>,
     ) -> Result<(Tensor, Vec<(String, f64)>)> {
         let device = self.models.student.device();
         let t = batch.encoded.to_tensors(device)?;
@@ -531,8 +605,6 @@ impl<'a> Trainer<'a> {
             }
             (None, None) => None,
         };
-        let seed =
-            SplitMix64::derive(self.config.seed, &format!("dropout/{global_step}")).next_u64();
         let s = self.models.student.forward(
             &t.input_ids,
             Some(&t.token_type_ids),
@@ -545,7 +617,7 @@ impl<'a> Trainer<'a> {
         )?;
         let mut total: Option<Tensor> = None;
         let mut values = Vec::new();
-        for (term, pairs) in stage.losses.iter().zip(&prepared.pairs) {
+        for (i, (term, pairs)) in stage.losses.iter().zip(&prepared.pairs).enumerate() {
             let need_t = || {
                 teacher_out
                     .as_ref()
@@ -577,7 +649,10 @@ impl<'a> Trainer<'a> {
                     .to_scalar::<f32>()?,
             );
             values.push((term.kind_name().to_string(), v));
-            let weighted = (value * term.weight())?;
+            let weighted = match shares {
+                None => (value * term.weight())?,
+                Some(s) => (value * (term.weight() * s[i]))?,
+            };
             total = Some(match total {
                 None => weighted,
                 Some(acc) => (acc + weighted)?,

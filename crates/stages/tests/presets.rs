@@ -1,4 +1,4 @@
-//! The presets expand to exactly the rows of DESIGN.md's table, at equal total cost.
+//! The presets expand to exactly the rows of the table in `src/presets.rs`, at equal total cost.
 #![allow(clippy::unwrap_used)]
 
 use distillery_losses::*;

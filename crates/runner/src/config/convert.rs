@@ -272,12 +272,14 @@ impl Config {
     }
 
     /// The distillation schedule `which`, with epoch counts turned into steps as
-    /// `ceil(epochs · batches_per_epoch)`.
+    /// `ceil(epochs · steps per epoch)`, a step drawing `micro_batches` of the epoch's
+    /// `batches_per_epoch` batches.
     pub fn schedule(
         &self,
         which: ScheduleChoice,
         batches_per_epoch: usize,
     ) -> anyhow::Result<Schedule> {
+        let batches_per_epoch = batches_per_epoch.div_ceil(self.distill.micro_batches.max(1));
         let built = match which {
             ScheduleChoice::Preset(p) => self.preset_schedule(p, batches_per_epoch),
             ScheduleChoice::Custom => self.custom_schedule(batches_per_epoch),

@@ -453,6 +453,9 @@ pub struct DistillSection {
     pub eval_every: usize,
     pub checkpoint_every: usize,
     pub keep_checkpoints: usize,
+    /// Batches of `data.batch_size` accumulated per optimiser step (gradient accumulation): the
+    /// update is that of one batch of `micro_batches × batch_size`.
+    pub micro_batches: usize,
     /// Only (and required) with `schedule = "custom"`.
     pub stages: Option<Vec<StageSection>>,
 }
@@ -477,6 +480,7 @@ impl Default for DistillSection {
             eval_every: 0,
             checkpoint_every: 0,
             keep_checkpoints: 2,
+            micro_batches: 1,
             stages: None,
         }
     }

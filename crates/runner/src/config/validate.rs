@@ -205,6 +205,7 @@ impl Config {
         non_negative("distill.max_grad_norm", d.max_grad_norm)?;
         frozen("distill.frozen", &d.frozen)?;
         at_least_one("distill.keep_checkpoints", d.keep_checkpoints)?;
+        at_least_one("distill.micro_batches", d.micro_batches)?;
         steps_xor_epochs(
             "distill",
             ("total_steps", d.total_steps),
