@@ -813,3 +813,111 @@ fn bad_config_zero_micro_batches() {
         &["distill.micro_batches"],
     );
 }
+
+/// `best_metric = "loss"` + `export = "best"`: the student is the checkpoint with the lowest dev
+/// loss (the first of equals), its re-measured dev loss is that value, and the folder keeps it
+/// beside the newest. With `keep_best = false` only the newest checkpoint is left.
+#[test]
+fn the_best_checkpoint_by_dev_loss_is_exported_and_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        tmp.path(),
+        "tiny.toml",
+        &tiny_config(
+            "one-stage",
+            40,
+            "best_metric = \"loss\"\nexport = \"best\"\nkeep_checkpoints = 1",
+        ),
+    );
+    let out = tmp.path().join("out");
+    let o = distillery(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let evals: Vec<(u64, f64)> = read_jsonl(&out.join("metrics.jsonl"))
+        .iter()
+        .filter(|v| v["event"] == "eval")
+        .map(|v| {
+            (
+                v["global_step"].as_u64().unwrap(),
+                v["dev_loss"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(evals.len(), 8);
+    let best = evals
+        .iter()
+        .copied()
+        .reduce(|b, e| if e.1 < b.1 { e } else { b })
+        .unwrap();
+    let summary = read_json(&out.join("summary.json"));
+    assert_eq!(summary["best_metric"], "dev loss");
+    assert_eq!(summary["best_dev"][0], best.0);
+    assert_eq!(summary["best_dev"][1].as_f64().unwrap(), best.1);
+    assert_eq!(summary["exported_step"], best.0);
+    let kept = checkpoint_steps(&out.join("checkpoints"));
+    let mut want = vec![best.0 as usize, 40];
+    want.dedup();
+    assert_eq!(kept, want);
+    let o = distillery(&[
+        "eval",
+        "--model",
+        out.join("student").to_str().unwrap(),
+        "--data",
+        out.join("data/dev.jsonl").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let loss = m["loss"].as_f64().unwrap();
+    assert!(
+        (loss - best.1).abs() <= 1e-6 * best.1.max(1.0),
+        "{loss} vs {}",
+        best.1
+    );
+    assert_eq!(summary["dev"]["loss"].as_f64().unwrap(), loss);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains(&format!(
+            "Best dev loss {:.4} at global step {}",
+            best.1, best.0
+        )),
+        "{report}"
+    );
+
+    let cfg = write_config(
+        tmp.path(),
+        "last.toml",
+        &tiny_config("one-stage", 40, "keep_best = false\nkeep_checkpoints = 1"),
+    );
+    let out = tmp.path().join("last");
+    let o = distillery(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(checkpoint_steps(&out.join("checkpoints")), [40]);
+    assert_eq!(read_json(&out.join("summary.json"))["exported_step"], 40);
+}
+
+#[test]
+fn bad_config_export_best_without_keeping_it() {
+    bad_config(
+        &tiny_config("one-stage", 10, "export = \"best\"\nkeep_best = false"),
+        &["distill.export", "keep_best"],
+    );
+}
+
+#[test]
+fn bad_config_unknown_best_metric() {
+    bad_config(
+        &tiny_config("one-stage", 10, "best_metric = \"bleu\""),
+        &["distill.best_metric", "bleu", "line"],
+    );
+}

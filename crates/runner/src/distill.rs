@@ -18,10 +18,12 @@ use distillery_data::Batcher;
 use distillery_losses::Projection;
 use distillery_models::{random_student, save_model, student_from_teacher, BertModel};
 use distillery_stages::{
-    CheckpointDir, EvalSet, Metrics, Models, Schedule, Trainer, TrainerConfig,
+    BestMetric, CheckpointDir, CheckpointPolicy, EvalSet, Metrics, Models, Schedule, Trainer,
+    TrainerConfig,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::config::schema::Export;
 use crate::config::{Config, ScheduleChoice, StudentSource};
 use crate::faults::fault_step;
 use crate::observe::{MetricsFile, Progress};
@@ -37,7 +39,15 @@ pub struct Summary {
     pub steps: usize,
     pub dev: Option<Metrics>,
     pub test: Option<Metrics>,
+    /// (global step, value) of the best evaluation by `best_metric`.
     pub best_dev: Option<(usize, f64)>,
+    /// What ranks evaluations, e.g. `dev accuracy` (older summaries: accuracy).
+    #[serde(default = "default_best_metric")]
+    pub best_metric: String,
+    /// The global step whose weights are `student/` (the last step, or the best checkpoint's
+    /// with `export = "best"`).
+    #[serde(default)]
+    pub exported_step: usize,
     pub student_parameters: usize,
     pub teacher_parameters: usize,
     pub teacher_dev: Option<Metrics>,
@@ -45,6 +55,10 @@ pub struct Summary {
     /// Training wall time over all invocations (a resumed run adds up).
     pub wall_secs: f64,
     pub student_dir: PathBuf,
+}
+
+fn default_best_metric() -> String {
+    BestMetric::Accuracy.name().to_string()
 }
 
 pub fn read_summary(dir: &Path) -> Result<Option<Summary>> {
@@ -139,8 +153,19 @@ pub fn run_schedule(
             dir.display()
         );
     }
-    let ckpt = CheckpointDir::new(dir.join("checkpoints"), config.distill.keep_checkpoints)
+    let policy = CheckpointPolicy {
+        keep_last: config.distill.keep_checkpoints,
+        keep_best: config.distill.keep_best,
+    };
+    let ckpt = CheckpointDir::with_policy(dir.join("checkpoints"), policy)
         .abort_while_writing(fault_step("DISTILLERY_ABORT_IN_CHECKPOINT", "distill"));
+    let export_best = config.distill.export == Export::Best;
+    if export_best && task.splits.dev.is_none() {
+        bail!(
+            "{}: key `distill.export`: = \"best\" needs a dev split to rank checkpoints, and the data has none",
+            config.source().display()
+        );
+    }
     let resume = if opts.resume {
         ckpt.latest(device)?
     } else {
@@ -214,6 +239,7 @@ pub fn run_schedule(
             checkpoints: Some(ckpt),
             stop_after: fault_step("DISTILLERY_STOP_AFTER", "distill"),
             micro_batches: config.distill.micro_batches,
+            best_metric: config.distill.best_metric,
             rank: 0,
         },
     )?;
@@ -250,6 +276,21 @@ pub fn run_schedule(
             outcome.global_step
         );
     }
+    let exported_step = match outcome.best.filter(|_| export_best) {
+        Some(best) => {
+            let kept = CheckpointDir::new(dir.join("checkpoints"), 1);
+            let c = kept.load_step(best.global_step, device)?.with_context(|| {
+                format!(
+                    "{}: the best checkpoint (global step {}) is gone",
+                    kept.root().display(),
+                    best.global_step
+                )
+            })?;
+            trainer.load_params(&c)?;
+            best.global_step
+        }
+        None => outcome.global_step,
+    };
     let student_dir = dir.join("student");
     save_model(&student, &student_dir, Some(&task.tokenizer_dir))?;
     let (dev_m, test_m) = scores(&student, task, config)?;
@@ -260,6 +301,8 @@ pub fn run_schedule(
         dev: dev_m,
         test: test_m,
         best_dev: outcome.best.map(|b| (b.global_step, b.metric)),
+        best_metric: config.distill.best_metric.name().to_string(),
+        exported_step,
         student_parameters: student.num_parameters(),
         teacher_parameters: teacher.info.parameters,
         teacher_dev: teacher.info.dev,

@@ -103,15 +103,24 @@ pub fn write_run_report(dir: &Path, s: &Summary, metrics: &[Value], config: &Con
         metric(s.dev.as_ref()),
         metric(s.test.as_ref())
     );
-    if let Some((step, acc)) = s.best_dev {
+    if let Some((step, value)) = s.best_dev {
         let _ = writeln!(
             md,
-            "\nBest dev accuracy {acc:.4} at global step {step} (kept in `checkpoints/`)."
+            "\nBest {} {value:.4} at global step {step} (kept in `checkpoints/` unless `keep_best = false`).",
+            s.best_metric
         );
     }
+    let weights = if s.exported_step == s.steps {
+        "the last step's weights".to_string()
+    } else {
+        format!(
+            "the best checkpoint's weights, global step {}",
+            s.exported_step
+        )
+    };
     let _ = writeln!(
         md,
-        "\nTraining wall time: {:.1} s for {} steps (CPU matrix products on {}). The student is in `student/` (Hugging Face layout).\n",
+        "\nTraining wall time: {:.1} s for {} steps (CPU matrix products on {}). The student is in `student/` (Hugging Face layout; {weights}).\n",
         s.wall_secs,
         s.steps,
         distillery_kernels::gemm_backend()

@@ -13,11 +13,12 @@ use distillery_util::fs::sync_dir;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_err, Result, StageError};
+use crate::strategy::CheckpointPolicy;
 
 const PREFIX: &str = "step-";
 const FORMAT: u32 = 1;
 
-/// The best dev result so far.
+/// The best dev result so far, by the run's [`crate::BestMetric`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Best {
     pub global_step: usize,
@@ -41,7 +42,7 @@ pub struct TrainState {
     pub schedule: Vec<(String, usize)>,
     /// Per-parameter AdamW step counts.
     pub optimizer_steps: Vec<(String, u64)>,
-    /// The dev metric measured at this checkpoint, when one was.
+    /// The dev metric (the run's [`crate::BestMetric`]) measured at this checkpoint, when one was.
     pub dev_metric: Option<f64>,
     pub best: Option<Best>,
 }
@@ -76,7 +77,7 @@ pub struct Checkpoint {
 #[derive(Debug, Clone)]
 pub struct CheckpointDir {
     root: PathBuf,
-    keep: usize,
+    policy: CheckpointPolicy,
     abort_in: Option<usize>,
 }
 
@@ -87,9 +88,23 @@ fn step_dir_name(step: usize) -> String {
 impl CheckpointDir {
     /// `keep` (≥ 1) recent checkpoints are kept, plus the best.
     pub fn new(root: impl Into<PathBuf>, keep: usize) -> Self {
+        Self::with_policy(
+            root,
+            CheckpointPolicy {
+                keep_last: keep,
+                keep_best: true,
+            },
+        )
+    }
+
+    /// Keeps what `policy` says (at least the newest checkpoint).
+    pub fn with_policy(root: impl Into<PathBuf>, policy: CheckpointPolicy) -> Self {
         Self {
             root: root.into(),
-            keep: keep.max(1),
+            policy: CheckpointPolicy {
+                keep_last: policy.keep_last.max(1),
+                ..policy
+            },
             abort_in: None,
         }
     }
@@ -181,10 +196,11 @@ impl CheckpointDir {
         Ok(fin)
     }
 
-    /// Keeps the newest `keep` and the best; removes the rest and any temporary leftovers.
+    /// Keeps the newest `keep_last` and, by the policy, the best; removes the rest.
     fn prune(&self, best: Option<usize>) -> Result<()> {
         let all = self.list()?;
-        let cut = all.len().saturating_sub(self.keep);
+        let cut = all.len().saturating_sub(self.policy.keep_last);
+        let best = best.filter(|_| self.policy.keep_best);
         for (step, path) in &all[..cut] {
             if Some(*step) != best {
                 std::fs::remove_dir_all(path).map_err(|e| io_err(path, e))?;
@@ -215,6 +231,14 @@ impl CheckpointDir {
             }
         }
         Ok(())
+    }
+
+    /// The complete checkpoint of global step `step`, loaded onto `device`, if it is kept.
+    pub fn load_step(&self, step: usize, device: &Device) -> Result<Option<Checkpoint>> {
+        match self.list()?.into_iter().find(|(s, _)| *s == step) {
+            Some((_, path)) => load(&path, device).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The newest complete checkpoint, loaded onto `device`.

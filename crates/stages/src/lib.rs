@@ -25,6 +25,7 @@ pub mod lr;
 pub mod optim;
 pub mod presets;
 pub mod schedule;
+pub mod strategy;
 pub mod trainer;
 
 pub use cache::{
@@ -39,4 +40,5 @@ pub use lr::{Decay, LrSchedule};
 pub use optim::Optimizer;
 pub use presets::{expand, split_steps, Preset, PresetSettings};
 pub use schedule::{AdamW, LossTerm, ParamGroups, Schedule, Stage};
+pub use strategy::{BestMetric, CheckpointPolicy};
 pub use trainer::{Models, Outcome, Trainer, TrainerConfig};

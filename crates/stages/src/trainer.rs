@@ -27,6 +27,7 @@ use crate::events::{Event, Observer, StepReport};
 use crate::gradients::{self, GradientHook, Gradients, StepInfo};
 use crate::optim::Optimizer;
 use crate::schedule::{LossTerm, Schedule, Stage};
+use crate::strategy::BestMetric;
 
 /// Run-wide settings (per-stage ones live in [`Stage`]).
 #[derive(Debug, Clone, Default)]
@@ -40,6 +41,8 @@ pub struct TrainerConfig {
     /// Batches drawn, forwarded and backpropagated per optimiser step, their gradients
     /// accumulated exactly (see [`crate::gradients`]); 0 and 1 both mean one.
     pub micro_batches: usize,
+    /// The dev metric that decides the best checkpoint (default: accuracy).
+    pub best_metric: BestMetric,
     /// This process's rank in a data-parallel run (0 alone). Dropout masks derive from
     /// (seed, global step, rank, micro-batch); rank 0's first micro-batch draws the masks a
     /// single-process run always drew.
@@ -259,7 +262,9 @@ impl<'a> Trainer<'a> {
             .collect()
     }
 
-    fn restore(&mut self, ckpt: &Checkpoint) -> Result<()> {
+    /// Sets the trained tensors to `ckpt`'s (e.g. the best checkpoint's, to export it); the
+    /// optimiser state is left alone.
+    pub fn load_params(&mut self, ckpt: &Checkpoint) -> Result<()> {
         for (name, var) in &self.vars {
             let t = ckpt.params.get(name).ok_or_else(|| {
                 StageError::Checkpoint(format!("{}: has no tensor `{name}`", ckpt.path.display()))
@@ -274,6 +279,11 @@ impl<'a> Trainer<'a> {
             }
             var.set(&t.to_dtype(var.as_tensor().dtype())?)?;
         }
+        Ok(())
+    }
+
+    fn restore(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        self.load_params(ckpt)?;
         self.optimizer
             .load_state(&ckpt.optimizer, &ckpt.state.optimizer_steps)
     }
@@ -365,14 +375,17 @@ impl<'a> Trainer<'a> {
                 let mut better = false;
                 if let Some(dev) = self.dev.filter(|_| last || due(stage.eval_every)) {
                     let m = dev.evaluate(self.models.student)?;
-                    better = state.best.is_none_or(|b| m.accuracy > b.metric);
+                    let value = self.config.best_metric.of(&m);
+                    better = state
+                        .best
+                        .is_none_or(|b| self.config.best_metric.better(value, b.metric));
                     if better {
                         state.best = Some(Best {
                             global_step: state.global_step,
-                            metric: m.accuracy,
+                            metric: value,
                         });
                     }
-                    state.dev_metric = Some(m.accuracy);
+                    state.dev_metric = Some(value);
                     if last && si + 1 == schedule.stages.len() {
                         final_dev = Some(m);
                     }

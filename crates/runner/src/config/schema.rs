@@ -453,6 +453,13 @@ pub struct DistillSection {
     pub eval_every: usize,
     pub checkpoint_every: usize,
     pub keep_checkpoints: usize,
+    /// Also keep the best checkpoint by `best_metric` (default true).
+    pub keep_best: bool,
+    /// What makes a checkpoint best: `accuracy` (default), `macro_f1` or `loss` (lower wins).
+    pub best_metric: distillery_stages::BestMetric,
+    /// Which weights become `student/`: the last step's (`last`, default) or the best
+    /// checkpoint's (`best`; needs a dev split and `keep_best`).
+    pub export: Export,
     /// Batches of `data.batch_size` accumulated per optimiser step (gradient accumulation): the
     /// update is that of one batch of `micro_batches × batch_size`.
     pub micro_batches: usize,
@@ -480,10 +487,24 @@ impl Default for DistillSection {
             eval_every: 0,
             checkpoint_every: 0,
             keep_checkpoints: 2,
+            keep_best: true,
+            best_metric: distillery_stages::BestMetric::Accuracy,
+            export: Export::Last,
             micro_batches: 1,
             stages: None,
         }
     }
+}
+
+/// Which weights a run exports as its student.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Export {
+    /// The weights after the last step.
+    #[default]
+    Last,
+    /// The best checkpoint's weights (by `best_metric`).
+    Best,
 }
 
 /// `[[distill.stages]]`: `None` overrides fall back to `[distill]`.

@@ -206,6 +206,12 @@ impl Config {
         frozen("distill.frozen", &d.frozen)?;
         at_least_one("distill.keep_checkpoints", d.keep_checkpoints)?;
         at_least_one("distill.micro_batches", d.micro_batches)?;
+        if d.export == super::schema::Export::Best && !d.keep_best {
+            return Err(key_err(
+                "distill.export",
+                "= \"best\" needs keep_best = true (the best checkpoint must be kept to be exported)",
+            ));
+        }
         steps_xor_epochs(
             "distill",
             ("total_steps", d.total_steps),
