@@ -25,6 +25,7 @@ mod bench_step;
 mod export_check;
 mod gpu_check;
 mod kernels;
+mod tidy;
 mod util;
 
 /// Flags followed by a value.
