@@ -22,6 +22,13 @@ fn distillery_env(args: &[&str], env: &[(&str, &str)]) -> Output {
         .unwrap()
 }
 
+/// `distillery run CFG --out OUT --resume --quiet` (a fresh folder or a continued one) with the
+/// fault-injection variables `env`.
+fn run_or_resume(cfg: &Path, out: &Path, env: &[(&str, &str)]) -> Output {
+    let args = ["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    distillery_env(&[&args[..], &["--resume", "--quiet"]].concat(), env)
+}
+
 /// The global steps of the complete checkpoints in `dir` (those with a `state.json`), oldest
 /// first.
 fn checkpoint_steps(dir: &Path) -> Vec<usize> {
@@ -394,19 +401,7 @@ fn a_run_killed_mid_stage_and_resumed_ends_with_the_same_bits() {
 fn a_run_stopped_then_aborted_mid_checkpoint_write_resumes_to_the_same_bits() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = write_config(tmp.path(), "tiny.toml", &tiny_config("three-stage", 60, ""));
-    let run = |out: &Path, env: &[(&str, &str)]| {
-        distillery_env(
-            &[
-                "run",
-                cfg.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--resume",
-                "--quiet",
-            ],
-            env,
-        )
-    };
+    let run = |out: &Path, env: &[(&str, &str)]| run_or_resume(&cfg, out, env);
     let full = tmp.path().join("full");
     let o = run(&full, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -460,19 +455,7 @@ fn a_teacher_fine_tune_stopped_and_resumed_ends_with_the_same_teacher() {
         "steps = 30\nlr = 3e-3\neval_every = 4",
     );
     let cfg = write_config(tmp.path(), "tiny.toml", &text);
-    let run = |out: &Path, env: &[(&str, &str)]| {
-        distillery_env(
-            &[
-                "run",
-                cfg.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--resume",
-                "--quiet",
-            ],
-            env,
-        )
-    };
+    let run = |out: &Path, env: &[(&str, &str)]| run_or_resume(&cfg, out, env);
     let full = tmp.path().join("full");
     let o = run(&full, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
