@@ -90,6 +90,22 @@ fn resume_after(cfg: &Path, out: &Path, label: &str, from: usize, metrics: &str)
     );
 }
 
+/// The interrupted run in `out` ended as the uninterrupted one in `full`: the same bits in
+/// each of `files`, the same `metrics` lines but for the measured throughput.
+fn assert_same_run(full: &Path, out: &Path, files: &[&str], metrics: &str) {
+    for f in files {
+        assert_eq!(
+            std::fs::read(full.join(f)).unwrap(),
+            std::fs::read(out.join(f)).unwrap(),
+            "{f} differs from the uninterrupted run's"
+        );
+    }
+    assert_eq!(
+        metrics_without_throughput(&full.join(metrics)),
+        metrics_without_throughput(&out.join(metrics))
+    );
+}
+
 /// Every line of a metrics file but for the measured throughput.
 fn metrics_without_throughput(path: &Path) -> Vec<Value> {
     read_jsonl(path)
@@ -436,15 +452,7 @@ fn a_run_stopped_then_aborted_mid_checkpoint_write_resumes_to_the_same_bits() {
     //    uninterrupted run's bits and metrics.
     resume_after(&cfg, &out, "three-stage", 30, "metrics.jsonl");
     assert!(!partial.exists());
-    assert_eq!(
-        std::fs::read(full.join("student/model.safetensors")).unwrap(),
-        std::fs::read(out.join("student/model.safetensors")).unwrap(),
-        "resumed student differs from the uninterrupted one"
-    );
-    assert_eq!(
-        metrics_without_throughput(&full.join("metrics.jsonl")),
-        metrics_without_throughput(&out.join("metrics.jsonl"))
-    );
+    assert_same_run(&full, &out, &["student/model.safetensors"], "metrics.jsonl");
 }
 
 #[test]
@@ -480,17 +488,8 @@ fn a_teacher_fine_tune_stopped_and_resumed_ends_with_the_same_teacher() {
     );
 
     resume_after(&cfg, &out, "teacher", last, "teacher-metrics.jsonl");
-    for f in ["teacher/model.safetensors", "student/model.safetensors"] {
-        assert_eq!(
-            std::fs::read(full.join(f)).unwrap(),
-            std::fs::read(out.join(f)).unwrap(),
-            "{f} differs from the uninterrupted run's"
-        );
-    }
-    assert_eq!(
-        metrics_without_throughput(&full.join("teacher-metrics.jsonl")),
-        metrics_without_throughput(&out.join("teacher-metrics.jsonl"))
-    );
+    let models = ["teacher/model.safetensors", "student/model.safetensors"];
+    assert_same_run(&full, &out, &models, "teacher-metrics.jsonl");
 }
 
 #[test]

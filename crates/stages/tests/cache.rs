@@ -1092,22 +1092,21 @@ fn training_from_top_k_cached_logits_targets_the_teacher_top_class() {
         )
         .unwrap()
     };
+    // Runs that read the cache only (no teacher is given): the second for the refused MSE.
     let (s, vm, proj) = common::student(&f.teacher.config);
-    let mut trainer = Trainer::new(
-        Models {
-            teacher: None,
-            student: &s,
-            projections: &proj,
-            projection_vars: Some(&vm),
-            teacher_cache: Some(&cache),
-        },
-        None,
-        TrainerConfig {
-            seed: 7,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (s2, vm2, proj2) = common::student(&f.teacher.config);
+    let cached_only = |s, vm, proj| Models {
+        teacher: None,
+        student: s,
+        projections: proj,
+        projection_vars: Some(vm),
+        teacher_cache: Some(&cache),
+    };
+    let seven = TrainerConfig {
+        seed: 7,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(cached_only(&s, &vm, &proj), None, seven).unwrap();
 
     // The expected first-step loss, from the untrained student's train-mode forward with the
     // trainer's dropout seed for global step 0 and the teacher's own argmax.
@@ -1176,15 +1175,8 @@ fn training_from_top_k_cached_logits_targets_the_teacher_top_class() {
     assert!(tail < 0.8 * head, "{logit:?}");
 
     // MSE against top-k logits is refused before any step.
-    let (s2, vm2, proj2) = common::student(&f.teacher.config);
     let mut trainer = Trainer::new(
-        Models {
-            teacher: None,
-            student: &s2,
-            projections: &proj2,
-            projection_vars: Some(&vm2),
-            teacher_cache: Some(&cache),
-        },
+        cached_only(&s2, &vm2, &proj2),
         None,
         TrainerConfig::default(),
     )

@@ -88,6 +88,22 @@ fn student(f: &Fixture) -> (BertModel, VarMap, Vec<Projection>) {
 
 use common::settings;
 
+/// The models of a run with the live teacher of `f`.
+fn live<'a>(
+    f: &'a Fixture,
+    s: &'a BertModel,
+    vm: &'a VarMap,
+    proj: &'a [Projection],
+) -> Models<'a> {
+    Models {
+        teacher: Some(&f.teacher),
+        student: s,
+        projections: proj,
+        projection_vars: Some(vm),
+        teacher_cache: None,
+    }
+}
+
 struct RunResult {
     params: Vec<(String, Vec<f32>)>,
     recorder: Recorder,
@@ -127,13 +143,7 @@ fn run(
         )?,
         None => Batcher::new(&f.data, &f.tokenizer, Some(&f.vocab), config)?,
     };
-    let models = Models {
-        teacher: Some(&f.teacher),
-        student: &s,
-        projections: &proj,
-        projection_vars: Some(&vm),
-        teacher_cache: None,
-    };
+    let models = live(f, &s, &vm, &proj);
     let mut trainer = Trainer::new(
         models,
         Some(&dev),
@@ -278,13 +288,7 @@ fn nan_stops_the_run_naming_stage_and_step_and_keeps_the_checkpoint() {
     )
     .unwrap();
     let mut trainer = Trainer::new(
-        Models {
-            teacher: Some(&f.teacher),
-            student: &s,
-            projections: &proj,
-            projection_vars: Some(&vm),
-            teacher_cache: None,
-        },
+        live(&f, &s, &vm, &proj),
         None,
         TrainerConfig {
             seed: 1,
@@ -562,13 +566,7 @@ fn the_objective_is_the_weighted_sum_and_each_step_moves_by_the_scheduled_lr() {
     )
     .unwrap();
     let mut trainer = Trainer::new(
-        Models {
-            teacher: Some(&f.teacher),
-            student: &s,
-            projections: &proj,
-            projection_vars: Some(&vm),
-            teacher_cache: None,
-        },
+        live(&f, &s, &vm, &proj),
         None,
         TrainerConfig {
             seed: 7,
@@ -641,13 +639,7 @@ fn train_micro(
     let (s, vm, proj) = dropout_free_student(f);
     let mut batcher = Batcher::new(&f.data, &f.tokenizer, Some(&f.vocab), batches).unwrap();
     let mut trainer = Trainer::new(
-        Models {
-            teacher: Some(&f.teacher),
-            student: &s,
-            projections: &proj,
-            projection_vars: Some(&vm),
-            teacher_cache: None,
-        },
+        live(f, &s, &vm, &proj),
         None,
         TrainerConfig {
             seed: 7,
