@@ -22,8 +22,8 @@ use distillery_models::{
     StudentSpec, TextTokenizer,
 };
 use distillery_stages::{
-    AdamW, CacheConfig, Decay, Event, LossTerm, LrSchedule, Models, Observer, ParamGroups,
-    Schedule, Stage, TeacherCache, TeacherNeeds, Trainer, TrainerConfig,
+    terms, AdamW, CacheConfig, Decay, Event, LrSchedule, Models, Observer, ParamGroups, Schedule,
+    Stage, TeacherCache, TeacherNeeds, Trainer, TrainerConfig,
 };
 
 use crate::util;
@@ -257,28 +257,28 @@ pub fn child(model_dir: &str, iters: usize, mode: &str, student_hidden: usize) -
     let stage = Stage {
         name: "I".into(),
         losses: vec![
-            LossTerm::Hidden {
-                loss: HiddenLoss {
+            terms::hidden(
+                HiddenLoss {
                     kind: HiddenKind::Mse,
                     include_embeddings: true,
                 },
-                map: LayerMap::Uniform,
-                weight: 1.0,
-            },
-            LossTerm::Attention {
-                loss: AttentionLoss {
+                LayerMap::Uniform,
+                1.0,
+            ),
+            terms::attention(
+                AttentionLoss {
                     kind: AttentionKind::Kl,
                 },
-                map: LayerMap::Uniform,
-                weight: 1.0,
-            },
-            LossTerm::Logit {
-                loss: LogitLoss {
+                LayerMap::Uniform,
+                1.0,
+            ),
+            terms::logit(
+                LogitLoss {
                     kind: LogitKind::Kl,
                     temperature: 2.0,
                 },
-                weight: 1.0,
-            },
+                1.0,
+            ),
         ],
         steps: iters + 1,
         optimizer: AdamW::default(),

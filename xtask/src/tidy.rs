@@ -1,7 +1,8 @@
 //! Invariants of the source tree that a machine can check, as tests (`cargo test -p xtask`,
 //! part of `cargo test --workspace`): library crates never print, no source file outgrows
-//! reading (800 lines; tests excepted), every module says what it is in a `//!` comment.
-//! (One list of loss names is the next rule, once the loss registry exists.)
+//! reading (800 lines; tests excepted), every module says what it is in a `//!` comment, and a
+//! loss name is spelled only in its term's module (`crates/stages/src/terms/`): everything
+//! else reads the registry.
 
 #[cfg(test)]
 mod tests {
@@ -110,6 +111,74 @@ mod tests {
             missing.is_empty(),
             "start these with a `//!` comment saying what the module is:\n{}",
             missing.join("\n")
+        );
+    }
+
+    /// The registered loss names, read from each term module's `const NAME`.
+    fn registered_names() -> Vec<String> {
+        let mut files = Vec::new();
+        rust_files(&root().join("crates/stages/src/terms"), &mut files);
+        let mut names: Vec<String> = files
+            .iter()
+            .filter_map(|f| {
+                let text = std::fs::read_to_string(f).ok()?;
+                let line = text.lines().find(|l| l.contains("const NAME: &str = \""))?;
+                Some(line.split('"').nth(1)?.to_string())
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    const NOT_A_LOSS: &str = "tidy: not a loss name";
+
+    /// 1-based lines of `text` holding a loss name as a whole string literal, unless the line
+    /// says it means something else (`// tidy: not a loss name`).
+    fn loss_name_literals(text: &str, names: &[String]) -> Vec<usize> {
+        text.lines()
+            .enumerate()
+            .filter(|(_, line)| !line.contains(NOT_A_LOSS))
+            .filter(|(_, line)| {
+                let code = line.split("//").next().unwrap_or("");
+                names.iter().any(|n| code.contains(&format!("\"{n}\"")))
+            })
+            .map(|(i, _)| i + 1)
+            .collect()
+    }
+
+    #[test]
+    fn the_loss_name_rule_finds_literals_and_honours_the_marker() {
+        let names = vec!["logit".to_string(), "hidden".to_string()];
+        let text = "let a = \"logit\";\nlet b = \"logits\";\n// \"hidden\" in a comment\nlet c = (\"hidden\", 1); // tidy: not a loss name\nf(\"hidden\")\n";
+        assert_eq!(loss_name_literals(text, &names), [1, 5]);
+    }
+
+    #[test]
+    fn loss_names_are_spelled_only_in_the_registry() {
+        let names = registered_names();
+        assert!(
+            names.len() >= 4 && names.iter().any(|n| n == "hard_label"),
+            "the registry scan found {names:?}"
+        );
+        let terms_dir = root().join("crates/stages/src/terms");
+        let mut bad = Vec::new();
+        for f in sources() {
+            let is_test = Path::new(&rel(&f))
+                .components()
+                .any(|c| c.as_os_str() == "tests" || c.as_os_str() == "tests.rs");
+            if f.starts_with(&terms_dir) || is_test || f.ends_with("tidy.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            for line in loss_name_literals(&text, &names) {
+                bad.push(format!("{}:{line}", rel(&f)));
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "read loss names from distillery_stages::terms (names(), the term's name()), or mark \
+             a same-spelled word that is not a loss with `// {NOT_A_LOSS}`:\n{}",
+            bad.join("\n")
         );
     }
 }

@@ -19,7 +19,10 @@ pub mod schema;
 mod tests;
 mod validate;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use distillery_stages::terms;
 
 // The API the commands use; the other section types are reached through `schema`.
 pub use convert::{ScheduleChoice, StudentSource, TeacherSource};
@@ -45,8 +48,40 @@ fn parse_in(text: &str, source: &Path, base_dir: PathBuf) -> anyhow::Result<Conf
         toml::from_str(text).map_err(|e| error::toml_error(source, text, &e))?;
     config.source = source.to_path_buf();
     config.base_dir = base_dir;
+    config.losses.terms = build_terms(text, source)?;
     config.validate()?;
     Ok(config)
+}
+
+/// Builds each `[losses.<name>]` table into its term, from the spanned document so that a
+/// bad key or variant still names its line.
+fn build_terms(
+    text: &str,
+    source: &Path,
+) -> anyhow::Result<BTreeMap<String, distillery_stages::Weighted>> {
+    use toml::de::{DeTable, DeValue, ValueDeserializer};
+    let mut out = BTreeMap::new();
+    let doc = DeTable::parse(text).map_err(|e| error::toml_error(source, text, &e))?;
+    let Some(losses) = doc.get_ref().get("losses") else {
+        return Ok(out);
+    };
+    // `Losses`' own deserializer has checked that this is a table of tables.
+    let DeValue::Table(tables) = losses.get_ref() else {
+        return Ok(out);
+    };
+    for (name, table) in tables.iter() {
+        let name = name.get_ref().to_string();
+        match terms::build(&name, Some(ValueDeserializer::from(table.clone()))) {
+            Ok(term) => {
+                out.insert(name, term);
+            }
+            Err(terms::TermError::Toml(e)) => return Err(error::toml_error(source, text, &e)),
+            Err(terms::TermError::Key { key, message }) => {
+                return Err(error::term_key_err(&name, &key, message).in_file(source))
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl Config {

@@ -16,7 +16,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use distillery_data::Batcher;
 use distillery_losses::Projection;
-use distillery_models::{random_student, save_model, student_from_teacher, BertModel};
+use distillery_models::{random_student, save_model, student_from_teacher, BertConfig, BertModel};
 use distillery_stages::{
     BestMetric, CheckpointDir, CheckpointPolicy, EvalSet, Metrics, Models, Schedule, Trainer,
     TrainerConfig,
@@ -72,12 +72,8 @@ pub fn read_summary(dir: &Path) -> Result<Option<Summary>> {
     })?))
 }
 
-/// Builds the student the config asks for, and its projection when widths differ.
-pub fn build_student(
-    config: &Config,
-    teacher: &BertModel,
-    device: &Device,
-) -> Result<(BertModel, VarMap, Vec<Projection>)> {
+/// Builds the student the config asks for.
+pub fn build_student(config: &Config, teacher: &BertModel, device: &Device) -> Result<BertModel> {
     let student = match config.student_source()? {
         StudentSource::TeacherLayers(layers) => {
             // The teacher is frozen; copies of its tensors become the student's variables.
@@ -103,22 +99,35 @@ pub fn build_student(
             )?
         }
     };
-    let vars = VarMap::new();
-    let mut projections = Vec::new();
-    if let Some(h) = &config.losses.hidden {
-        let (ws, wt) = (student.config.hidden_size, teacher.config.hidden_size);
-        if h.needs_projection(ws, wt) {
-            projections.push(Projection::new(
-                &vars,
-                "projection.hidden",
-                ws,
-                wt,
-                seed_of(config, "projection"),
-                device,
-            )?);
+    Ok(student)
+}
+
+/// The learned projections `schedule`'s terms ask for (each name once, in schedule order),
+/// registered in `vars` beside the student's weights.
+pub fn build_projections(
+    config: &Config,
+    schedule: &Schedule,
+    (student, teacher): (&BertConfig, &BertConfig),
+    vars: &VarMap,
+    device: &Device,
+) -> Result<Vec<Projection>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for t in schedule.stages.iter().flat_map(|s| &s.losses) {
+        for p in t.term.projections(student, teacher) {
+            if seen.insert(p.name.clone()) {
+                out.push(Projection::new(
+                    vars,
+                    &p.name,
+                    p.from,
+                    p.to,
+                    seed_of(config, "projection"),
+                    device,
+                )?);
+            }
         }
     }
-    Ok((student, vars, projections))
+    Ok(out)
 }
 
 /// How a run may treat what is already in its folder.
@@ -178,7 +187,7 @@ pub fn run_schedule(
         );
     }
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    let (student, vars, projections) = build_student(config, &teacher.model, device)?;
+    let student = build_student(config, &teacher.model, device)?;
     config.check_models_for(
         &[choice],
         &teacher.model.config,
@@ -202,6 +211,14 @@ pub fn run_schedule(
         )?,
     };
     let schedule = config.schedule(choice, batcher.batches_per_epoch())?;
+    let vars = VarMap::new();
+    let projections = build_projections(
+        config,
+        &schedule,
+        (&student.config, &teacher.model.config),
+        &vars,
+        device,
+    )?;
     let dev = task
         .splits
         .dev
@@ -330,10 +347,7 @@ fn stage_rows(s: &Schedule) -> Vec<(String, usize, Vec<String>)> {
             (
                 st.name.clone(),
                 st.steps,
-                st.losses
-                    .iter()
-                    .map(|l| l.kind_name().to_string())
-                    .collect(),
+                st.losses.iter().map(|l| l.name().to_string()).collect(),
             )
         })
         .collect()

@@ -193,7 +193,7 @@ fn dry_run(config: &Config, choices: &[ScheduleChoice]) -> Result<()> {
             let losses: Vec<String> = st
                 .losses
                 .iter()
-                .map(|l| format!("{}×{}", l.kind_name(), l.weight()))
+                .map(|l| format!("{}×{}", l.name(), l.weight))
                 .collect();
             println!(
                 "  {:<16} {:>6} steps  lr {:.1e} (warm-up {})  {}{}",

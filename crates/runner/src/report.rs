@@ -12,8 +12,6 @@ use crate::distill::Summary;
 use crate::plot::{LineChart, Marker, Series};
 use distillery_util::fs::write_atomic;
 
-const TERMS: [&str; 4] = ["hidden", "attention", "logit", "hard_label"];
-
 fn steps_of(metrics: &[Value]) -> impl Iterator<Item = &Value> {
     metrics.iter().filter(|v| v["event"] == "step")
 }
@@ -26,9 +24,9 @@ pub fn loss_chart(title: &str, metrics: &[Value]) -> LineChart {
             .filter_map(|v| Some((v["global_step"].as_f64()?, v["loss"].as_f64()?)))
             .collect(),
     }];
-    for term in TERMS {
+    for term in distillery_stages::terms::names() {
         let points: Vec<(f64, f64)> = steps_of(metrics)
-            .filter_map(|v| Some((v["global_step"].as_f64()?, v[term].as_f64()?)))
+            .filter_map(|v| Some((v["global_step"].as_f64()?, v[*term].as_f64()?)))
             .collect();
         if !points.is_empty() {
             series.push(Series {

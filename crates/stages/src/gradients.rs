@@ -14,7 +14,7 @@ use candle_core::{backprop::GradStore, Tensor, Var};
 use distillery_data::Batch;
 
 use crate::error::{Result, StageError};
-use crate::schedule::LossTerm;
+use crate::terms::Weighted;
 
 /// What a loss term's value is a mean over (its normaliser), per batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,9 +112,9 @@ pub trait GradientHook {
 
 /// For each micro-batch, each term's share of the whole batch's count of what the term
 /// averages over (`[micro][term]`, summing to 1 over micro-batches).
-pub(crate) fn shares(terms: &[LossTerm], batches: &[Batch]) -> Vec<Vec<f64>> {
+pub(crate) fn shares(terms: &[Weighted], batches: &[Batch]) -> Vec<Vec<f64>> {
     let counts: Vec<[f64; 3]> = batches.iter().map(counts).collect();
-    let slot = |t: &LossTerm| match t.mean_over() {
+    let slot = |t: &Weighted| match t.term.mean_over() {
         MeanOver::Tokens => 0,
         MeanOver::TokenPairs => 1,
         MeanOver::Examples => 2,

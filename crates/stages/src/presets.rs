@@ -9,7 +9,8 @@
 //! | three-stage | hidden + attention         | hidden + attention + logit | logit     |
 
 use crate::error::{Result, StageError};
-use crate::schedule::{LossTerm, ParamGroups, Schedule, Stage};
+use crate::schedule::{ParamGroups, Schedule, Stage};
+use crate::terms::{self, Weighted};
 use crate::{lr::LrSchedule, schedule::AdamW};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,16 @@ impl Preset {
         Self::ALL.into_iter().find(|p| p.name() == s)
     }
 
+    /// The terms a preset is built from, each with the first stage that uses it.
+    pub fn uses(self) -> [(&'static str, &'static str); 3] {
+        let logit_from = if self == Self::OneStage { "I" } else { "II" };
+        [
+            (terms::HIDDEN, "I"),
+            (terms::ATTENTION, "I"),
+            (terms::LOGIT, logit_from),
+        ]
+    }
+
     pub fn stages(self) -> usize {
         match self {
             Self::OneStage => 1,
@@ -47,12 +58,12 @@ impl Preset {
 /// budget, how it splits over stages, and the optimiser settings of every stage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PresetSettings {
-    pub hidden: LossTerm,
-    pub attention: LossTerm,
-    pub logit: LossTerm,
+    pub hidden: Weighted,
+    pub attention: Weighted,
+    pub logit: Weighted,
     /// Hard-label cross-entropy mixed into every stage that has the logit term (soft KD
     /// optionally mixed with hard-label cross-entropy).
-    pub hard_label: Option<LossTerm>,
+    pub hard_label: Option<Weighted>,
     pub total_steps: usize,
     /// Fractions of `total_steps` per stage, by preset length; `None` splits evenly.
     pub split: Option<Vec<f64>>,
@@ -115,11 +126,11 @@ pub fn expand(preset: Preset, s: &PresetSettings) -> Result<Schedule> {
     let (h, a) = (s.hidden.clone(), s.attention.clone());
     let mut l = vec![s.logit.clone()];
     l.extend(s.hard_label.clone());
-    let with = |mut v: Vec<LossTerm>, more: &[LossTerm]| {
+    let with = |mut v: Vec<Weighted>, more: &[Weighted]| {
         v.extend_from_slice(more);
         v
     };
-    let losses: Vec<Vec<LossTerm>> = match preset {
+    let losses: Vec<Vec<Weighted>> = match preset {
         Preset::OneStage => vec![with(vec![h, a], &l)],
         Preset::TwoStage => vec![vec![h, a], l],
         Preset::ThreeStage => vec![vec![h.clone(), a.clone()], with(vec![h, a], &l), l],

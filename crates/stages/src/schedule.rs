@@ -1,71 +1,8 @@
 //! A schedule is a list of stages; a stage says which losses train which parameters for how long.
 
-use distillery_losses::{AttentionLoss, HiddenLoss, LayerMap, LogitLoss};
-
 use crate::error::{Result, StageError};
 use crate::lr::LrSchedule;
-
-/// One weighted term of a stage's objective.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LossTerm {
-    Hidden {
-        loss: HiddenLoss,
-        map: LayerMap,
-        weight: f64,
-    },
-    Attention {
-        loss: AttentionLoss,
-        map: LayerMap,
-        weight: f64,
-    },
-    Logit {
-        loss: LogitLoss,
-        weight: f64,
-    },
-    /// Hard-label cross-entropy; a stage with only this term and no teacher is fine-tuning.
-    HardLabel {
-        weight: f64,
-    },
-}
-
-impl LossTerm {
-    pub fn weight(&self) -> f64 {
-        match self {
-            Self::Hidden { weight, .. }
-            | Self::Attention { weight, .. }
-            | Self::Logit { weight, .. }
-            | Self::HardLabel { weight } => *weight,
-        }
-    }
-
-    /// Whether computing the term needs the teacher's outputs.
-    pub fn needs_teacher(&self) -> bool {
-        !matches!(self, Self::HardLabel { .. })
-    }
-
-    /// What the term's value is a mean over, so that micro-batches combine exactly.
-    pub fn mean_over(&self) -> crate::gradients::MeanOver {
-        use crate::gradients::MeanOver;
-        use distillery_losses::AttentionKind;
-        match self {
-            Self::Hidden { .. } => MeanOver::Tokens,
-            Self::Attention { loss, .. } => match loss.kind {
-                AttentionKind::ScoreMse => MeanOver::TokenPairs,
-                AttentionKind::Kl | AttentionKind::Relation { .. } => MeanOver::Tokens,
-            },
-            Self::Logit { .. } | Self::HardLabel { .. } => MeanOver::Examples,
-        }
-    }
-
-    pub fn kind_name(&self) -> &'static str {
-        match self {
-            Self::Hidden { .. } => "hidden",
-            Self::Attention { .. } => "attention",
-            Self::Logit { .. } => "logit",
-            Self::HardLabel { .. } => "hard_label",
-        }
-    }
-}
+use crate::terms::Weighted;
 
 /// AdamW hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -106,7 +43,7 @@ impl ParamGroups {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stage {
     pub name: String,
-    pub losses: Vec<LossTerm>,
+    pub losses: Vec<Weighted>,
     pub steps: usize,
     pub optimizer: AdamW,
     pub lr: LrSchedule,
@@ -143,14 +80,14 @@ impl Schedule {
             if let Some(t) = s
                 .losses
                 .iter()
-                .find(|t| !(t.weight() > 0.0 && t.weight().is_finite()))
+                .find(|t| !(t.weight > 0.0 && t.weight.is_finite()))
             {
                 return Err(at(
                     "weight",
                     format!(
                         "of the {} loss must be positive, got {}",
-                        t.kind_name(),
-                        t.weight()
+                        t.name(),
+                        t.weight
                     ),
                 ));
             }
@@ -183,6 +120,6 @@ impl Schedule {
     pub fn needs_teacher(&self) -> bool {
         self.stages
             .iter()
-            .any(|s| s.losses.iter().any(LossTerm::needs_teacher))
+            .any(|s| s.losses.iter().any(|t| t.term.needs_teacher()))
     }
 }

@@ -15,7 +15,7 @@ use std::time::Instant;
 use candle_core::{Tensor, Var};
 use candle_nn::VarMap;
 use distillery_data::{Batch, Batcher};
-use distillery_losses::{hard_cross_entropy, LayerPair, Projection};
+use distillery_losses::Projection;
 use distillery_models::{BertModel, BertOutput, ForwardOptions};
 use distillery_util::rng::SplitMix64;
 
@@ -26,8 +26,9 @@ use crate::eval::{EvalSet, Metrics};
 use crate::events::{Event, Observer, StepReport};
 use crate::gradients::{self, GradientHook, Gradients, StepInfo};
 use crate::optim::Optimizer;
-use crate::schedule::{LossTerm, Schedule, Stage};
+use crate::schedule::{Schedule, Stage};
 use crate::strategy::BestMetric;
+use crate::terms::{Layers, TermContext};
 
 /// Run-wide settings (per-stage ones live in [`Stage`]).
 #[derive(Debug, Clone, Default)]
@@ -110,10 +111,9 @@ fn named_vars(models: &Models<'_>) -> Result<Vec<(String, Var)>> {
     Ok(out)
 }
 
-/// Per-stage resolved layer pairs, so that a bad map fails before the first step, and what
-/// the stage reads of the teacher (the rest of a teacher forward is dropped at once).
+/// What a stage reads of the teacher (the rest of a teacher forward is dropped at once),
+/// found before the first step so that a bad layer map fails then.
 struct Prepared {
-    pairs: Vec<Vec<LayerPair>>,
     needs: Option<TeacherNeeds>,
 }
 
@@ -125,35 +125,26 @@ fn teacher_layers(models: &Models<'_>) -> Option<usize> {
         .or_else(|| models.teacher_cache.map(|c| c.teacher_shape().layers))
 }
 
-fn prepare(stage: &Stage, models: &Models<'_>) -> Result<Prepared> {
-    let s_layers = models.student.config.num_hidden_layers;
-    let mut pairs = Vec::new();
-    for term in &stage.losses {
-        let p = match term {
-            LossTerm::Hidden { map, .. } | LossTerm::Attention { map, .. } => {
-                let t_layers = teacher_layers(models).ok_or_else(|| {
-                    StageError::Config(format!(
-                        "stage {:?}: the {} loss needs a teacher",
-                        stage.name,
-                        term.kind_name()
-                    ))
-                })?;
-                map.resolve(s_layers, t_layers)?
-            }
-            LossTerm::Logit { .. } if teacher_layers(models).is_none() => {
-                return Err(StageError::Config(format!(
-                    "stage {:?}: the logit loss needs a teacher",
-                    stage.name
-                )))
-            }
-            _ => Vec::new(),
-        };
-        pairs.push(p);
+fn layers(models: &Models<'_>) -> Layers {
+    Layers {
+        student: models.student.config.num_hidden_layers,
+        teacher: teacher_layers(models).unwrap_or(0),
     }
-    let needs = teacher_layers(models)
-        .map(|t| TeacherNeeds::of_stage(stage, s_layers, t))
-        .transpose()?;
-    Ok(Prepared { pairs, needs })
+}
+
+fn prepare(stage: &Stage, models: &Models<'_>) -> Result<Prepared> {
+    if teacher_layers(models).is_none() {
+        if let Some(t) = stage.losses.iter().find(|t| t.term.needs_teacher()) {
+            return Err(StageError::Config(format!(
+                "stage {:?}: the {} loss needs a teacher",
+                stage.name,
+                t.name()
+            )));
+        }
+        return Ok(Prepared { needs: None });
+    }
+    let needs = TeacherNeeds::of_stage(stage, layers(models).student, layers(models).teacher)?;
+    Ok(Prepared { needs: Some(needs) })
 }
 
 /// A cache must match the teacher (when both are given) and hold all the schedule reads.
@@ -177,11 +168,11 @@ fn check_cache(schedule: &Schedule, models: &Models<'_>) -> Result<()> {
         shape.layers,
     )?;
     if let Some(k) = cache.top_k() {
-        // The dropped logits read as MISSING_LOGIT: harmless under a softmax (their
-        // probability is 0), but MSE would pull the student's logits towards the fill value.
-        let mse = schedule.stages.iter().flat_map(|s| &s.losses).any(|t| {
-            matches!(t, LossTerm::Logit { loss, .. } if loss.kind == distillery_losses::LogitKind::Mse)
-        });
+        let mse = schedule
+            .stages
+            .iter()
+            .flat_map(|s| &s.losses)
+            .any(|t| t.term.needs_all_logits());
         if mse {
             return Err(StageError::Config(format!(
                 "the teacher cache {} keeps only the top {k} logits, which the MSE logit loss cannot use (it would pull the other logits towards the fill value); use a KL or JSD logit loss, or cache every logit",
@@ -597,7 +588,7 @@ impl<'a> Trainer<'a> {
     ) -> Result<(Tensor, Vec<(String, f64)>)> {
         let device = self.models.student.device();
         let t = batch.encoded.to_tensors(device)?;
-        let needs_teacher = stage.losses.iter().any(LossTerm::needs_teacher);
+        let needs_teacher = stage.losses.iter().any(|t| t.term.needs_teacher());
         let teacher_out: Option<BertOutput> = match (self.models.teacher_cache, self.models.teacher)
         {
             _ if !needs_teacher => None,
@@ -628,43 +619,27 @@ impl<'a> Trainer<'a> {
                 attention_maps: false,
             },
         )?;
+        let cx = TermContext {
+            stage: &stage.name,
+            student: &s,
+            teacher: teacher_out.as_ref(),
+            batch,
+            layers: layers(&self.models),
+            projections: self.models.projections,
+        };
         let mut total: Option<Tensor> = None;
         let mut values = Vec::new();
-        for (i, (term, pairs)) in stage.losses.iter().zip(&prepared.pairs).enumerate() {
-            let need_t = || {
-                teacher_out
-                    .as_ref()
-                    .ok_or_else(|| StageError::Config("no teacher output".into()))
-            };
-            let value = match term {
-                LossTerm::Hidden { loss, .. } => {
-                    loss.compute(&s, need_t()?, pairs, self.models.projections)?
-                }
-                LossTerm::Attention { loss, .. } => loss.compute(&s, need_t()?, pairs)?,
-                LossTerm::Logit { loss, .. } => {
-                    let (zs, zt) = (logits(&s, "student")?, logits(need_t()?, "teacher")?);
-                    loss.compute(zs, zt)?
-                }
-                LossTerm::HardLabel { .. } => {
-                    let labels = batch.labels.as_ref().ok_or_else(|| {
-                        StageError::Config(format!(
-                            "stage {:?}: hard-label loss on unlabelled data",
-                            stage.name
-                        ))
-                    })?;
-                    let y = Tensor::new(labels.as_slice(), device)?;
-                    hard_cross_entropy(logits(&s, "student")?, &y)?
-                }
-            };
+        for (i, term) in stage.losses.iter().enumerate() {
+            let value = term.term.compute(&cx)?;
             let v = f64::from(
                 value
                     .to_dtype(candle_core::DType::F32)?
                     .to_scalar::<f32>()?,
             );
-            values.push((term.kind_name().to_string(), v));
+            values.push((term.name().to_string(), v));
             let weighted = match shares {
-                None => (value * term.weight())?,
-                Some(s) => (value * (term.weight() * s[i]))?,
+                None => (value * term.weight)?,
+                Some(s) => (value * (term.weight * s[i]))?,
             };
             total = Some(match total {
                 None => weighted,
@@ -674,14 +649,6 @@ impl<'a> Trainer<'a> {
         let total = total.ok_or_else(|| StageError::Config("stage without losses".into()))?;
         Ok((total, values))
     }
-}
-
-fn logits<'o>(out: &'o BertOutput, who: &str) -> Result<&'o Tensor> {
-    out.logits.as_ref().ok_or_else(|| {
-        StageError::Config(format!(
-            "the {who} has no classification head (the logit and hard-label losses need one)"
-        ))
-    })
 }
 
 fn emit(observers: &mut [&mut dyn Observer], event: &Event) {

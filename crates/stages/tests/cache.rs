@@ -501,31 +501,31 @@ fn settings(total: usize) -> PresetSettings {
 /// (last-k map) and a cosine hidden loss in stage II, TinyBERT's score MSE in stage III.
 fn full_schedule(total: usize) -> Schedule {
     let mut s = expand(Preset::ThreeStage, &settings(total)).unwrap();
-    s.stages[1].losses.push(LossTerm::Attention {
-        loss: AttentionLoss {
+    s.stages[1].losses.push(terms::attention(
+        AttentionLoss {
             kind: AttentionKind::Relation {
                 relation_heads: 2,
                 relations: vec![Relation::Query, Relation::Key, Relation::Value],
             },
         },
-        map: LayerMap::LastK,
-        weight: 0.5,
-    });
-    s.stages[1].losses.push(LossTerm::Hidden {
-        loss: HiddenLoss {
+        LayerMap::LastK,
+        0.5,
+    ));
+    s.stages[1].losses.push(terms::hidden(
+        HiddenLoss {
             kind: HiddenKind::Cosine,
             include_embeddings: false,
         },
-        map: LayerMap::Explicit(vec![2, 3]),
-        weight: 0.5,
-    });
-    s.stages[2].losses.push(LossTerm::Attention {
-        loss: AttentionLoss {
+        LayerMap::Explicit(vec![2, 3]),
+        0.5,
+    ));
+    s.stages[2].losses.push(terms::attention(
+        AttentionLoss {
             kind: AttentionKind::ScoreMse,
         },
-        map: LayerMap::Uniform,
-        weight: 0.1,
-    });
+        LayerMap::Uniform,
+        0.1,
+    ));
     s
 }
 
@@ -906,24 +906,24 @@ fn needs_of_each_preset_are_exactly_what_the_losses_read() {
     }
     // Without embeddings, last-k maps, a relation over V only, score MSE, no logit term.
     let mut s2 = s.clone();
-    s2.hidden = LossTerm::Hidden {
-        loss: HiddenLoss {
+    s2.hidden = terms::hidden(
+        HiddenLoss {
             kind: HiddenKind::Cosine,
             include_embeddings: false,
         },
-        map: LayerMap::LastK,
-        weight: 1.0,
-    };
-    s2.attention = LossTerm::Attention {
-        loss: AttentionLoss {
+        LayerMap::LastK,
+        1.0,
+    );
+    s2.attention = terms::attention(
+        AttentionLoss {
             kind: AttentionKind::Relation {
                 relation_heads: 2,
                 relations: vec![Relation::Value],
             },
         },
-        map: LayerMap::Explicit(vec![1, 2]),
-        weight: 1.0,
-    };
+        LayerMap::Explicit(vec![1, 2]),
+        1.0,
+    );
     let sch = expand(Preset::TwoStage, &s2).unwrap();
     assert_eq!(
         TeacherNeeds::of(&sch, 2, 3).unwrap(),
@@ -937,13 +937,13 @@ fn needs_of_each_preset_are_exactly_what_the_losses_read() {
     );
     let mut only_attention = sch.clone();
     only_attention.stages.truncate(1);
-    only_attention.stages[0].losses = vec![LossTerm::Attention {
-        loss: AttentionLoss {
+    only_attention.stages[0].losses = vec![terms::attention(
+        AttentionLoss {
             kind: AttentionKind::ScoreMse,
         },
-        map: LayerMap::LastK,
-        weight: 1.0,
-    }];
+        LayerMap::LastK,
+        1.0,
+    )];
     assert_eq!(
         TeacherNeeds::of(&only_attention, 2, 3).unwrap(),
         TeacherNeeds {
@@ -967,16 +967,16 @@ fn needs_of_each_preset_are_exactly_what_the_losses_read() {
     );
     // Hard labels only: nothing.
     let mut ft = only_attention.clone();
-    ft.stages[0].losses = vec![LossTerm::HardLabel { weight: 1.0 }];
+    ft.stages[0].losses = vec![terms::hard_label(1.0)];
     assert!(TeacherNeeds::of(&ft, 2, 3).unwrap().is_empty());
     // A bad map is the trainer's error.
-    only_attention.stages[0].losses[0] = LossTerm::Attention {
-        loss: AttentionLoss {
+    only_attention.stages[0].losses[0] = terms::attention(
+        AttentionLoss {
             kind: AttentionKind::Kl,
         },
-        map: LayerMap::Explicit(vec![1, 7]),
-        weight: 1.0,
-    };
+        LayerMap::Explicit(vec![1, 7]),
+        1.0,
+    );
     let err = TeacherNeeds::of(&only_attention, 2, 3)
         .unwrap_err()
         .to_string();
@@ -1074,13 +1074,13 @@ fn training_from_top_k_cached_logits_targets_the_teacher_top_class() {
     assert_eq!(cache.top_k(), Some(1));
     let logit_stage = |kind: LogitKind, steps: usize| {
         let mut s = expand(Preset::OneStage, &common::settings(steps, 0)).unwrap();
-        s.stages[0].losses = vec![LossTerm::Logit {
-            loss: LogitLoss {
+        s.stages[0].losses = vec![terms::logit(
+            LogitLoss {
                 kind,
                 temperature: 1.0,
             },
-            weight: 1.0,
-        }];
+            1.0,
+        )];
         s
     };
     let batches = || {

@@ -7,28 +7,28 @@ use proptest::prelude::*;
 
 fn settings(total: usize, split: Option<Vec<f64>>) -> PresetSettings {
     PresetSettings {
-        hidden: LossTerm::Hidden {
-            loss: HiddenLoss {
+        hidden: terms::hidden(
+            HiddenLoss {
                 kind: HiddenKind::Mse,
                 include_embeddings: true,
             },
-            map: LayerMap::Uniform,
-            weight: 1.0,
-        },
-        attention: LossTerm::Attention {
-            loss: AttentionLoss {
+            LayerMap::Uniform,
+            1.0,
+        ),
+        attention: terms::attention(
+            AttentionLoss {
                 kind: AttentionKind::Kl,
             },
-            map: LayerMap::Uniform,
-            weight: 1.0,
-        },
-        logit: LossTerm::Logit {
-            loss: LogitLoss {
+            LayerMap::Uniform,
+            1.0,
+        ),
+        logit: terms::logit(
+            LogitLoss {
                 kind: LogitKind::Kl,
                 temperature: 2.0,
             },
-            weight: 1.0,
-        },
+            1.0,
+        ),
         hard_label: None,
         total_steps: total,
         split,
@@ -49,7 +49,7 @@ fn settings(total: usize, split: Option<Vec<f64>>) -> PresetSettings {
 fn kinds(s: &Schedule) -> Vec<Vec<&'static str>> {
     s.stages
         .iter()
-        .map(|st| st.losses.iter().map(LossTerm::kind_name).collect())
+        .map(|st| st.losses.iter().map(Weighted::name).collect())
         .collect()
 }
 
@@ -98,13 +98,13 @@ fn bad_settings_are_errors_that_name_the_field() {
     let e = expand(Preset::OneStage, &s).unwrap_err().to_string();
     assert!(e.contains("`lr`") && e.contains("positive"), "{e}");
     let mut s = settings(100, None);
-    s.logit = LossTerm::Logit {
-        loss: LogitLoss {
+    s.logit = terms::logit(
+        LogitLoss {
             kind: LogitKind::Kl,
             temperature: 1.0,
         },
-        weight: -1.0,
-    };
+        -1.0,
+    );
     let e = expand(Preset::OneStage, &s).unwrap_err().to_string();
     assert!(e.contains("weight") && e.contains("logit"), "{e}");
 }
@@ -135,7 +135,7 @@ proptest! {
 #[test]
 fn hard_label_joins_every_stage_with_the_logit_term() {
     let mut s = settings(300, None);
-    s.hard_label = Some(LossTerm::HardLabel { weight: 0.5 });
+    s.hard_label = Some(terms::hard_label(0.5));
     assert_eq!(
         kinds(&expand(Preset::ThreeStage, &s).unwrap()),
         [

@@ -533,12 +533,7 @@ fn the_objective_is_the_weighted_sum_and_each_step_moves_by_the_scheduled_lr() {
         stage.lr = lr;
         for (i, term) in stage.losses.iter_mut().enumerate() {
             let w = weights[i];
-            match term {
-                LossTerm::Hidden { weight, .. }
-                | LossTerm::Attention { weight, .. }
-                | LossTerm::Logit { weight, .. }
-                | LossTerm::HardLabel { weight } => *weight = w,
-            }
+            term.weight = w;
         }
     }
     let lengths: Vec<usize> = schedule.stages.iter().map(|s| s.steps).collect();
@@ -664,8 +659,14 @@ fn train_micro(
 fn every_mean_schedule(steps: usize) -> Schedule {
     let mut s = expand(Preset::ThreeStage, &settings(steps, 0)).unwrap();
     for t in &mut s.stages[1].losses {
-        if let LossTerm::Attention { loss, .. } = t {
-            loss.kind = AttentionKind::ScoreMse;
+        if t.name() == "attention" {
+            *t = terms::attention(
+                AttentionLoss {
+                    kind: AttentionKind::ScoreMse,
+                },
+                LayerMap::Uniform,
+                t.weight,
+            );
         }
     }
     s

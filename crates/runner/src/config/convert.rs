@@ -7,20 +7,16 @@ use std::path::PathBuf;
 use distillery_data::{
     BatchConfig, ColumnSpec, ReadConfig, SplitFractions, SplitSpec, SyntheticConfig,
 };
-use distillery_losses::{
-    AttentionKind, AttentionLoss, HiddenKind, HiddenLoss, LayerMap, LogitKind, LogitLoss, Relation,
-};
 use distillery_models::{BertConfig, StudentSpec};
+use distillery_stages::terms::{self, Weighted};
 use distillery_stages::{
-    expand, AdamW, Decay, LossTerm, LrSchedule, ParamGroups, Preset, PresetSettings, Schedule,
-    Stage,
+    expand, AdamW, Decay, LrSchedule, ParamGroups, Preset, PresetSettings, Schedule, Stage,
 };
 
-use super::error::{key_err, KeyError, KeyResult};
+use super::error::{key_err, term_key_err, KeyError, KeyResult};
 use super::schema::{
-    ArchSection, AttentionKindName, AttentionSection, Config, DecayName, DistillSection,
-    FinetuneSection, HiddenKindName, HiddenSection, LogitKindName, LogitSection, LossName, MapSpec,
-    ProjectionChoice, RelationName, ScheduleName, StageSection, StudentInit, DEFAULT_SPLIT,
+    ArchSection, Config, DecayName, DistillSection, FinetuneSection, ScheduleName, StageSection,
+    StudentInit, DEFAULT_SPLIT,
 };
 
 /// Which schedule to build: one of the presets (as `distillery compare` runs all three from one
@@ -83,113 +79,6 @@ impl From<DecayName> for Decay {
             DecayName::Linear => Decay::Linear,
             DecayName::Cosine => Decay::Cosine,
         }
-    }
-}
-
-impl From<&MapSpec> for LayerMap {
-    fn from(m: &MapSpec) -> Self {
-        match m {
-            MapSpec::Uniform => LayerMap::Uniform,
-            MapSpec::LastK => LayerMap::LastK,
-            MapSpec::Explicit(v) => LayerMap::Explicit(v.clone()),
-        }
-    }
-}
-
-impl HiddenSection {
-    pub fn layer_map(&self) -> LayerMap {
-        (&self.map).into()
-    }
-
-    pub fn loss(&self) -> HiddenLoss {
-        HiddenLoss {
-            kind: match self.kind {
-                HiddenKindName::Mse => HiddenKind::Mse,
-                HiddenKindName::Cosine => HiddenKind::Cosine,
-            },
-            include_embeddings: self.include_embeddings,
-        }
-    }
-
-    /// Whether to learn a projection from the student's width to the teacher's.
-    pub fn needs_projection(&self, student_hidden: usize, teacher_hidden: usize) -> bool {
-        self.projection == ProjectionChoice::Auto && student_hidden != teacher_hidden
-    }
-
-    pub fn term(&self) -> LossTerm {
-        LossTerm::Hidden {
-            loss: self.loss(),
-            map: self.layer_map(),
-            weight: self.weight,
-        }
-    }
-}
-
-impl AttentionSection {
-    pub fn layer_map(&self) -> LayerMap {
-        (&self.map).into()
-    }
-
-    pub fn loss(&self) -> AttentionLoss {
-        AttentionLoss {
-            kind: match self.kind {
-                AttentionKindName::Kl => AttentionKind::Kl,
-                AttentionKindName::ScoreMse => AttentionKind::ScoreMse,
-                AttentionKindName::Relation => AttentionKind::Relation {
-                    // Validation requires it; 1 keeps an unvalidated config from panicking.
-                    relation_heads: self.relation_heads.unwrap_or(1),
-                    relations: self
-                        .relations
-                        .as_deref()
-                        .unwrap_or(&[RelationName::Query, RelationName::Key, RelationName::Value])
-                        .iter()
-                        .map(|r| match r {
-                            RelationName::Query => Relation::Query,
-                            RelationName::Key => Relation::Key,
-                            RelationName::Value => Relation::Value,
-                        })
-                        .collect(),
-                },
-            },
-        }
-    }
-
-    pub fn term(&self) -> LossTerm {
-        LossTerm::Attention {
-            loss: self.loss(),
-            map: self.layer_map(),
-            weight: self.weight,
-        }
-    }
-}
-
-impl LogitSection {
-    pub fn loss(&self) -> LogitLoss {
-        LogitLoss {
-            kind: match self.kind {
-                LogitKindName::Kl => LogitKind::Kl,
-                LogitKindName::ReverseKl => LogitKind::ReverseKl,
-                LogitKindName::Jsd => LogitKind::Jsd {
-                    beta: self.beta.unwrap_or(0.5),
-                },
-                LogitKindName::Mse => LogitKind::Mse,
-            },
-            temperature: self.temperature,
-        }
-    }
-
-    pub fn term(&self) -> LossTerm {
-        LossTerm::Logit {
-            loss: self.loss(),
-            weight: self.weight,
-        }
-    }
-
-    /// The hard-label CE mixed into logit stages, when `hard_label_weight` > 0.
-    pub fn hard_label_term(&self) -> Option<LossTerm> {
-        (self.hard_label_weight > 0.0).then_some(LossTerm::HardLabel {
-            weight: self.hard_label_weight,
-        })
     }
 }
 
@@ -290,16 +179,17 @@ impl Config {
     fn preset_schedule(&self, preset: Preset, batches_per_epoch: usize) -> KeyResult<Schedule> {
         let d = &self.distill;
         self.check_preset_losses(preset)?;
-        let (Some(hidden), Some(attention), Some(logit)) = (
-            &self.losses.hidden,
-            &self.losses.attention,
-            &self.losses.logit,
-        ) else {
-            return Err(key_err(
-                "losses",
-                "the presets need hidden, attention and logit",
-            ));
-        };
+        let term =
+            |name: &str| {
+                self.losses.terms.get(name).cloned().ok_or_else(|| {
+                    key_err("losses", "the presets need hidden, attention and logit")
+                })
+            };
+        let (hidden, attention, logit) = (
+            term(terms::HIDDEN)?,
+            term(terms::ATTENTION)?,
+            term(terms::LOGIT)?,
+        );
         let total_steps = match (d.total_steps, d.total_epochs) {
             (Some(s), None) => s,
             (None, Some(e)) => epochs_to_steps("distill.total_epochs", e, batches_per_epoch)?,
@@ -327,10 +217,10 @@ impl Config {
             }
         }
         let settings = PresetSettings {
-            hidden: hidden.term(),
-            attention: attention.term(),
-            logit: logit.term(),
-            hard_label: logit.hard_label_term(),
+            hard_label: logit.term.companions().into_iter().next(),
+            hidden,
+            attention,
+            logit,
             total_steps,
             split: d.split.clone(),
             optimizer: d.adamw(),
@@ -392,30 +282,23 @@ impl Config {
         let names = s.losses.as_deref().unwrap_or_default();
         let mut losses = Vec::with_capacity(names.len() + 1);
         for l in names {
-            let missing = || {
+            let term = self.listed_term(l.as_str()).ok_or_else(|| {
                 key_err(
                     format!("{table}.losses"),
                     format!(
-                        "stage {name:?} uses the {} loss, but there is no [losses.{}] table",
-                        l.as_str(),
-                        l.as_str()
+                        "stage {name:?} uses the {l} loss, but there is no [losses.{l}] table",
+                        l = l.as_str()
                     ),
                 )
-            };
-            losses.push(match l {
-                LossName::Hidden => self.losses.hidden.as_ref().ok_or_else(missing)?.term(),
-                LossName::Attention => self.losses.attention.as_ref().ok_or_else(missing)?.term(),
-                LossName::Logit => self.losses.logit.as_ref().ok_or_else(missing)?.term(),
-                LossName::HardLabel => LossTerm::HardLabel {
-                    weight: self.hard_label_weight().unwrap_or(1.0),
-                },
-            });
+            })?;
+            losses.push(term);
         }
-        // As in the presets, `hard_label_weight` > 0 mixes hard-label CE into every stage with
-        // the logit term — unless the stage lists `hard_label` itself.
-        if names.contains(&LossName::Logit) && !names.contains(&LossName::HardLabel) {
-            if let Some(w) = self.hard_label_weight() {
-                losses.push(LossTerm::HardLabel { weight: w });
+        // As in the presets, a listed term's companions (the logit term's hard-label CE when
+        // `hard_label_weight` > 0) join the stage — unless the stage lists them itself.
+        let companions: Vec<_> = losses.iter().flat_map(|t| t.term.companions()).collect();
+        for c in companions {
+            if !losses.iter().any(|t| t.name() == c.name()) {
+                losses.push(c);
             }
         }
         Ok(Stage {
@@ -439,13 +322,20 @@ impl Config {
         })
     }
 
-    /// `[losses.logit].hard_label_weight` when the table is there and the weight positive.
-    fn hard_label_weight(&self) -> Option<f64> {
-        self.losses
-            .logit
-            .as_ref()
-            .map(|l| l.hard_label_weight)
-            .filter(|w| *w > 0.0)
+    /// The term a stage listing `name` gets: its `[losses.<name>]` table's; else the companion
+    /// a configured term brings (`hard_label` takes `[losses.logit] hard_label_weight`); else
+    /// its defaults when it needs no table; else `None`.
+    pub(crate) fn listed_term(&self, name: &str) -> Option<Weighted> {
+        if let Some(t) = self.losses.terms.get(name) {
+            return Some(t.clone());
+        }
+        let companion = self
+            .losses
+            .terms
+            .values()
+            .flat_map(|t| t.term.companions())
+            .find(|c| c.name() == name);
+        companion.or_else(|| terms::build(name, None).ok())
     }
 
     /// The teacher fine-tuning of `[teacher.finetune]` as a one-stage schedule (stage
@@ -623,83 +513,37 @@ impl Config {
                 ),
             ));
         }
-        let used = |l: LossName| choices.iter().any(|&c| self.uses(c, l));
-        if let Some(h) = self
-            .losses
-            .hidden
-            .as_ref()
-            .filter(|_| used(LossName::Hidden))
-        {
-            h.layer_map()
-                .resolve(s.num_hidden_layers, t.num_hidden_layers)
-                .map_err(|e| key_err("losses.hidden.map", e))?;
-            if h.projection == ProjectionChoice::None && s.hidden_size != t.hidden_size {
-                return Err(key_err(
-                    "losses.hidden.projection",
-                    format!(
-                        "is \"none\", but the student is {} wide and the teacher {}; use \
-                         projection = \"auto\" to learn a linear map",
-                        s.hidden_size, t.hidden_size
-                    ),
-                ));
-            }
-        }
-        if let Some(a) = self
-            .losses
-            .attention
-            .as_ref()
-            .filter(|_| used(LossName::Attention))
-        {
-            a.layer_map()
-                .resolve(s.num_hidden_layers, t.num_hidden_layers)
-                .map_err(|e| key_err("losses.attention.map", e))?;
-            match a.kind {
-                AttentionKindName::Kl | AttentionKindName::ScoreMse => {
-                    if s.num_attention_heads != t.num_attention_heads {
-                        return Err(key_err(
-                            "losses.attention.kind",
-                            format!(
-                                "{} needs equal head counts, but the student has {} heads and the \
-                                 teacher {}; use kind = \"relation\" (MiniLMv2), which re-splits both \
-                                 into `relation_heads`",
-                                if a.kind == AttentionKindName::Kl { "\"kl\"" } else { "\"score-mse\"" },
-                                s.num_attention_heads,
-                                t.num_attention_heads
-                            ),
-                        ));
-                    }
-                }
-                AttentionKindName::Relation => {
-                    let r = a.relation_heads.unwrap_or(1);
-                    if r == 0 || s.hidden_size % r != 0 || t.hidden_size % r != 0 {
-                        return Err(key_err(
-                            "losses.attention.relation_heads",
-                            format!(
-                                "{r} must divide both widths (student {}, teacher {})",
-                                s.hidden_size, t.hidden_size
-                            ),
-                        ));
-                    }
-                }
-            }
+        for (name, term) in self.used_terms(choices) {
+            term.term.check(s, t).map_err(|e| match e {
+                terms::TermError::Key { key, message } => term_key_err(&name, &key, message),
+                terms::TermError::Toml(e) => term_key_err(&name, "", e.message()),
+            })?;
         }
         Ok(())
     }
 
-    /// Whether schedule `c` uses loss `l` (the presets use hidden, attention and logit, and
-    /// hard-label CE when its weight is positive).
-    fn uses(&self, c: ScheduleChoice, l: LossName) -> bool {
-        match c {
-            ScheduleChoice::Preset(_) => {
-                l != LossName::HardLabel || self.hard_label_weight().is_some()
+    /// The configured terms that the schedules `choices` use, by name (each once).
+    fn used_terms(&self, choices: &[ScheduleChoice]) -> Vec<(String, Weighted)> {
+        let mut names: Vec<&str> = Vec::new();
+        for c in choices {
+            match c {
+                ScheduleChoice::Preset(p) => names.extend(p.uses().iter().map(|(n, _)| *n)),
+                ScheduleChoice::Custom => names.extend(
+                    self.distill
+                        .stages
+                        .iter()
+                        .flatten()
+                        .flat_map(|s| s.losses.iter().flatten())
+                        .map(|l| l.as_str()),
+                ),
             }
-            ScheduleChoice::Custom => self
-                .distill
-                .stages
-                .iter()
-                .flatten()
-                .any(|s| s.losses.iter().flatten().any(|x| *x == l)),
         }
+        names.sort_unstable();
+        names.dedup();
+        names
+            .into_iter()
+            .filter_map(|n| Some((n.to_string(), self.losses.terms.get(n)?.clone())))
+            .collect()
     }
 }
 
@@ -710,7 +554,7 @@ fn arch_spec(prefix: &str, a: &ArchSection) -> KeyResult<StudentSpec> {
     };
     Ok(StudentSpec {
         layers: get("layers", a.layers)?,
-        hidden: get("hidden", a.hidden)?,
+        hidden: get("hidden", a.hidden)?, // tidy: not a loss name (the width key)
         heads: get("heads", a.heads)?,
         intermediate: get("intermediate", a.intermediate)?,
     })
@@ -728,7 +572,7 @@ fn finetune(f: &FinetuneSection, batches_per_epoch: usize) -> KeyResult<Schedule
     let schedule = Schedule {
         stages: vec![Stage {
             name: "finetune".into(),
-            losses: vec![LossTerm::HardLabel { weight: 1.0 }],
+            losses: vec![terms::hard_label(1.0)],
             steps,
             optimizer: AdamW {
                 weight_decay: f.weight_decay,

@@ -23,6 +23,15 @@ pub(crate) fn key_err(key: impl Into<String>, message: impl fmt::Display) -> Key
     }
 }
 
+/// A term's error at `key` of its `[losses.<name>]` table (empty `key`: the table itself).
+pub(crate) fn term_key_err(name: &str, key: &str, message: impl fmt::Display) -> KeyError {
+    if key.is_empty() {
+        key_err(format!("losses.{name}"), message)
+    } else {
+        key_err(format!("losses.{name}.{key}"), message)
+    }
+}
+
 impl KeyError {
     /// `configs/x.toml: key `distill.lr`: must be positive, got -1`.
     pub fn in_file(self, source: &Path) -> anyhow::Error {

@@ -6,11 +6,13 @@
 //! only allowed in some modes, required keys) are `Option`s: serde's own "missing field" error
 //! carries no position, so required keys are checked by [`super::validate`], which names them.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
 use distillery_data::{Format, MalformedPolicy};
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use distillery_stages::terms::{self, Weighted};
+use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
 /// The whole config file. `source` and `base_dir` are not keys: they are set by
@@ -24,7 +26,7 @@ pub struct Config {
     pub data: DataSection,
     pub teacher: TeacherSection,
     pub student: StudentSection,
-    pub losses: LossesSection,
+    pub losses: Losses,
     pub distill: DistillSection,
     /// Present: the teacher's outputs are computed once and read back (`[teacher_cache]`).
     pub teacher_cache: Option<TeacherCacheSection>,
@@ -44,7 +46,7 @@ impl Default for Config {
             data: DataSection::default(),
             teacher: TeacherSection::default(),
             student: StudentSection::default(),
-            losses: LossesSection::default(),
+            losses: Losses::default(),
             distill: DistillSection::default(),
             teacher_cache: None,
             source: PathBuf::new(),
@@ -231,161 +233,20 @@ pub struct StudentSection {
     pub intermediate: Option<usize>,
 }
 
-/// `[losses.*]`: each table optional; a schedule that uses a missing one is an error.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LossesSection {
-    pub hidden: Option<HiddenSection>,
-    pub attention: Option<AttentionSection>,
-    pub logit: Option<LogitSection>,
+/// `[losses.<name>]`: one table per loss term, each read by its term's own spec in
+/// [`distillery_stages::terms`] once the whole file has parsed (see `config::parse_in`, which
+/// keeps the spans so that errors still name the line). A schedule using a term that has no
+/// table is an error, unless the term needs none (`hard_label`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Losses {
+    pub terms: BTreeMap<String, Weighted>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum HiddenKindName {
-    Mse,
-    Cosine,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ProjectionChoice {
-    /// A learned linear map when the widths differ, none when they are equal.
-    Auto,
-    /// Never: the widths must be equal.
-    None,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HiddenSection {
-    pub kind: HiddenKindName,
-    pub map: MapSpec,
-    pub include_embeddings: bool,
-    pub projection: ProjectionChoice,
-    pub weight: f64,
-}
-
-impl Default for HiddenSection {
-    fn default() -> Self {
-        Self {
-            kind: HiddenKindName::Mse,
-            map: MapSpec::Uniform,
-            include_embeddings: true,
-            projection: ProjectionChoice::Auto,
-            weight: 1.0,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AttentionKindName {
-    Kl,
-    ScoreMse,
-    Relation,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RelationName {
-    Query,
-    Key,
-    Value,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AttentionSection {
-    pub kind: AttentionKindName,
-    pub map: MapSpec,
-    /// Relation kind only, and required there.
-    pub relation_heads: Option<usize>,
-    /// Relation kind only (default: all three).
-    pub relations: Option<Vec<RelationName>>,
-    pub weight: f64,
-}
-
-impl Default for AttentionSection {
-    fn default() -> Self {
-        Self {
-            kind: AttentionKindName::Kl,
-            map: MapSpec::Uniform,
-            relation_heads: None,
-            relations: None,
-            weight: 1.0,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LogitKindName {
-    Kl,
-    ReverseKl,
-    Jsd,
-    Mse,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogitSection {
-    pub kind: LogitKindName,
-    pub temperature: f64,
-    /// JSD only (default 0.5).
-    pub beta: Option<f64>,
-    pub weight: f64,
-    /// > 0 mixes hard-label CE into every stage that has the logit term.
-    pub hard_label_weight: f64,
-}
-
-impl Default for LogitSection {
-    fn default() -> Self {
-        Self {
-            kind: LogitKindName::Kl,
-            temperature: 2.0,
-            beta: None,
-            weight: 1.0,
-            hard_label_weight: 0.0,
-        }
-    }
-}
-
-/// `map = "uniform" | "last-k" | [t1, t2, …]` (1-based teacher layer per student layer).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MapSpec {
-    Uniform,
-    LastK,
-    Explicit(Vec<usize>),
-}
-
-impl<'de> Deserialize<'de> for MapSpec {
+impl<'de> Deserialize<'de> for Losses {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // Hand-written rather than `#[serde(untagged)]`, whose error ("data did not match any
-        // variant") would not say what is accepted.
-        struct MapVisitor;
-        const EXPECTED: &str = "\"uniform\", \"last-k\" or a list of 1-based teacher layers";
-        impl<'de> Visitor<'de> for MapVisitor {
-            type Value = MapSpec;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(EXPECTED)
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<MapSpec, E> {
-                match s {
-                    "uniform" => Ok(MapSpec::Uniform),
-                    "last-k" => Ok(MapSpec::LastK),
-                    _ => Err(E::invalid_value(de::Unexpected::Str(s), &EXPECTED)),
-                }
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MapSpec, A::Error> {
-                let mut v = Vec::new();
-                while let Some(l) = seq.next_element::<usize>()? {
-                    v.push(l);
-                }
-                Ok(MapSpec::Explicit(v))
-            }
-        }
-        d.deserialize_any(MapVisitor)
+        // Only the shape here: a table of tables. The terms are built from the spanned text.
+        BTreeMap::<String, toml::Table>::deserialize(d)?;
+        Ok(Self::default())
     }
 }
 
@@ -406,24 +267,34 @@ pub enum ScheduleName {
     Custom,
 }
 
-/// A loss name in a custom stage's `losses`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LossName {
-    Hidden,
-    Attention,
-    Logit,
-    HardLabel,
-}
+/// A loss name in a custom stage's `losses`: one of the registry's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LossName(pub String);
 
 impl LossName {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Hidden => "hidden",
-            Self::Attention => "attention",
-            Self::Logit => "logit",
-            Self::HardLabel => "hard_label",
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for LossName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A visitor, so that the error arises inside the element's deserialization and keeps
+        // the element's span (the key then ends in `losses[i]`).
+        struct Name;
+        impl de::Visitor<'_> for Name {
+            type Value = LossName;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "one of {}", terms::names().join(", "))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<LossName, E> {
+                match terms::entry(s) {
+                    Some(e) => Ok(LossName(e.name.to_string())),
+                    None => Err(E::unknown_variant(s, terms::names())),
+                }
+            }
         }
+        d.deserialize_str(Name)
     }
 }
 

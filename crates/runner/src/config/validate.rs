@@ -9,9 +9,8 @@ use distillery_data::Format;
 
 use super::error::{key_err, KeyResult};
 use super::schema::{
-    ArchSection, AttentionKindName, AttentionSection, Config, DataSection, DistillSection,
-    FinetuneSection, HiddenSection, LogitKindName, LogitSection, LossName, MapSpec, StageSection,
-    StudentInit, StudentSection, TeacherSection,
+    ArchSection, Config, DataSection, DistillSection, FinetuneSection, StageSection, StudentInit,
+    StudentSection, TeacherSection,
 };
 
 impl Config {
@@ -19,15 +18,6 @@ impl Config {
         self.check_data(&self.data)?;
         self.check_teacher(&self.teacher)?;
         check_student(&self.student)?;
-        if let Some(h) = &self.losses.hidden {
-            check_hidden(h)?;
-        }
-        if let Some(a) = &self.losses.attention {
-            check_attention(a)?;
-        }
-        if let Some(l) = &self.losses.logit {
-            check_logit(l)?;
-        }
         if let Some(c) = &self.teacher_cache {
             if c.budget_mb == Some(0) {
                 return Err(key_err(
@@ -41,15 +31,15 @@ impl Config {
                     "must be positive, got 0",
                 ));
             }
-            let mse = self
+            let all_logits = self
                 .losses
-                .logit
-                .as_ref()
-                .is_some_and(|l| l.kind == LogitKindName::Mse);
-            if c.top_k_logits.is_some() && mse {
+                .terms
+                .iter()
+                .find(|(_, t)| t.term.needs_all_logits());
+            if let (Some(_), Some((name, _))) = (c.top_k_logits, all_logits) {
                 return Err(key_err(
                     "teacher_cache.top_k_logits",
-                    "cannot be used with losses.logit.kind = \"mse\": the dropped logits would pull the student's towards the fill value; use kl, reverse-kl or jsd, or cache every logit",
+                    format!("cannot be used with the [losses.{name}] term, which reads every logit (with kind = \"mse\", the dropped logits would pull the student's towards the fill value); use kl, reverse-kl or jsd, or cache every logit"),
                 ));
             }
         }
@@ -275,7 +265,10 @@ impl Config {
         let Some(losses) = &s.losses else {
             return Err(key_err(
                 key("losses"),
-                "is required (names among hidden, attention, logit, hard_label)",
+                format!(
+                    "is required (names among {})",
+                    distillery_stages::terms::names().join(", ")
+                ),
             ));
         };
         if losses.is_empty() {
@@ -283,13 +276,13 @@ impl Config {
         }
         let mut seen = HashSet::new();
         for l in losses {
-            if !seen.insert(*l) {
+            if !seen.insert(l) {
                 return Err(key_err(
                     key("losses"),
                     format!("{:?} is listed twice", l.as_str()),
                 ));
             }
-            if !self.loss_defined(*l) {
+            if !self.loss_defined(l.as_str()) {
                 return Err(key_err(
                     key("losses"),
                     format!(
@@ -325,38 +318,22 @@ impl Config {
         Ok(())
     }
 
-    /// Whether the `[losses.*]` table a loss name needs is there (hard-label CE needs none).
-    pub(crate) fn loss_defined(&self, l: LossName) -> bool {
-        match l {
-            LossName::Hidden => self.losses.hidden.is_some(),
-            LossName::Attention => self.losses.attention.is_some(),
-            LossName::Logit => self.losses.logit.is_some(),
-            LossName::HardLabel => true,
-        }
+    /// Whether a stage can use loss `name`: its `[losses.<name>]` table is there, or it
+    /// needs none (hard-label CE), or another configured term brings it along.
+    pub(crate) fn loss_defined(&self, name: &str) -> bool {
+        self.listed_term(name).is_some()
     }
 
-    /// The presets use all three loss tables; name the first stage that needs a missing one.
+    /// The presets use hidden, attention and logit; name the first stage that needs a missing
+    /// table.
     pub(crate) fn check_preset_losses(&self, preset: distillery_stages::Preset) -> KeyResult<()> {
-        for (l, stage) in [
-            (LossName::Hidden, "I"),
-            (LossName::Attention, "I"),
-            (
-                LossName::Logit,
-                if preset == distillery_stages::Preset::OneStage {
-                    "I"
-                } else {
-                    "II"
-                },
-            ),
-        ] {
-            if !self.loss_defined(l) {
+        for (l, stage) in preset.uses() {
+            if !self.losses.terms.contains_key(l) {
                 return Err(key_err(
-                    format!("losses.{}", l.as_str()),
+                    format!("losses.{l}"),
                     format!(
-                        "stage {stage} of the {} schedule uses the {} loss; add a [losses.{}] table",
+                        "stage {stage} of the {} schedule uses the {l} loss; add a [losses.{l}] table",
                         preset.name(),
-                        l.as_str(),
-                        l.as_str()
                     ),
                 ));
             }
@@ -453,7 +430,7 @@ fn check_finetune(f: &FinetuneSection) -> KeyResult<()> {
 fn check_student(s: &StudentSection) -> KeyResult<()> {
     let shape = [
         ("layers", s.layers),
-        ("hidden", s.hidden),
+        ("hidden", s.hidden), // tidy: not a loss name (the [student] width key)
         ("heads", s.heads),
         ("intermediate", s.intermediate),
     ];
@@ -502,7 +479,7 @@ fn check_student(s: &StudentSection) -> KeyResult<()> {
 pub(crate) fn check_arch(prefix: &str, a: &ArchSection) -> KeyResult<()> {
     for (name, v) in [
         ("layers", a.layers),
-        ("hidden", a.hidden),
+        ("hidden", a.hidden), // tidy: not a loss name (the width key)
         ("heads", a.heads),
         ("intermediate", a.intermediate),
     ] {
@@ -526,93 +503,6 @@ pub(crate) fn check_arch(prefix: &str, a: &ArchSection) -> KeyResult<()> {
         }
     }
     Ok(())
-}
-
-fn check_map(key: &str, map: &MapSpec) -> KeyResult<()> {
-    if let MapSpec::Explicit(list) = map {
-        if list.is_empty() {
-            return Err(key_err(key, "is an empty list"));
-        }
-        if let Some(j) = list.iter().position(|&l| l == 0) {
-            return Err(key_err(
-                key,
-                format!(
-                    "entry {j} is 0, but teacher layers are 1-based here (0 is the embedding output; \
-                     use include_embeddings)"
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn check_hidden(h: &HiddenSection) -> KeyResult<()> {
-    check_map("losses.hidden.map", &h.map)?;
-    positive("losses.hidden.weight", h.weight)
-}
-
-fn check_attention(a: &AttentionSection) -> KeyResult<()> {
-    check_map("losses.attention.map", &a.map)?;
-    positive("losses.attention.weight", a.weight)?;
-    match a.kind {
-        AttentionKindName::Relation => {
-            match a.relation_heads {
-                None => {
-                    return Err(key_err(
-                        "losses.attention.relation_heads",
-                        "is required with kind = \"relation\"",
-                    ))
-                }
-                Some(n) => at_least_one("losses.attention.relation_heads", n)?,
-            }
-            if let Some(r) = &a.relations {
-                if r.is_empty() {
-                    return Err(key_err(
-                        "losses.attention.relations",
-                        "is empty (name query, key and/or value)",
-                    ));
-                }
-                let mut seen = HashSet::new();
-                if let Some(dup) = r.iter().find(|x| !seen.insert(**x)) {
-                    return Err(key_err(
-                        "losses.attention.relations",
-                        format!("{dup:?} is listed twice"),
-                    ));
-                }
-            }
-        }
-        AttentionKindName::Kl | AttentionKindName::ScoreMse => {
-            for (key, given) in [
-                (
-                    "losses.attention.relation_heads",
-                    a.relation_heads.is_some(),
-                ),
-                ("losses.attention.relations", a.relations.is_some()),
-            ] {
-                if given {
-                    return Err(key_err(key, "only applies to kind = \"relation\""));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn check_logit(l: &LogitSection) -> KeyResult<()> {
-    positive("losses.logit.temperature", l.temperature)?;
-    positive("losses.logit.weight", l.weight)?;
-    non_negative("losses.logit.hard_label_weight", l.hard_label_weight)?;
-    match (l.kind, l.beta) {
-        (LogitKindName::Jsd, Some(b)) if !(b > 0.0 && b < 1.0) => Err(key_err(
-            "losses.logit.beta",
-            format!("must be in (0, 1), got {b}"),
-        )),
-        (LogitKindName::Jsd, _) | (_, None) => Ok(()),
-        (_, Some(_)) => Err(key_err(
-            "losses.logit.beta",
-            "only applies to kind = \"jsd\"",
-        )),
-    }
 }
 
 /// Exactly one of a step count and an epoch count (or neither when not `required`), each > 0.

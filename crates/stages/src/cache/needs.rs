@@ -1,14 +1,14 @@
-//! Which teacher tensors a schedule's losses read.
+//! Which teacher tensors a schedule's losses read: the union of its terms' reads.
 
 use std::collections::BTreeSet;
 
 use candle_core::Tensor;
-use distillery_losses::{AttentionKind, Relation};
 use distillery_models::BertOutput;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::schedule::{LossTerm, Schedule, Stage};
+use crate::schedule::{Schedule, Stage};
+use crate::terms::Layers;
 
 /// The teacher outputs a schedule reads, layers numbered as `BertOutput::hidden_states` (0 is
 /// the embedding output, 1..=N the encoder layers). Q/K/V layers are 1-based: layer `l` is
@@ -20,8 +20,8 @@ pub struct TeacherNeeds {
     pub logits: bool,
     /// Hidden states; 0 when a hidden-state term includes the embeddings.
     pub hidden: BTreeSet<usize>,
-    /// Queries: the streaming attention KL and the score MSE read Q and K of the mapped
-    /// layers; a MiniLMv2 relation reads the projections it relates.
+    /// Q/K/V projections per layer, as each term's [`crate::terms::LossTerm::reads`] says
+    /// (the attention KL and score MSE read Q and K, a relation the projections it relates).
     pub q: BTreeSet<usize>,
     pub k: BTreeSet<usize>,
     pub v: BTreeSet<usize>,
@@ -52,45 +52,23 @@ impl TeacherNeeds {
         student_layers: usize,
         teacher_layers: usize,
     ) -> Result<()> {
-        let n = self;
-        for term in &stage.losses {
-            match term {
-                LossTerm::Hidden { loss, map, .. } => {
-                    if loss.include_embeddings {
-                        n.hidden.insert(0);
-                    }
-                    for p in map.resolve(student_layers, teacher_layers)? {
-                        n.hidden.insert(p.teacher);
-                    }
-                }
-                LossTerm::Attention { loss, map, .. } => {
-                    let layers: Vec<usize> = map
-                        .resolve(student_layers, teacher_layers)?
-                        .into_iter()
-                        .map(|p| p.teacher)
-                        .collect();
-                    let add = |set: &mut BTreeSet<usize>| set.extend(layers.iter());
-                    match &loss.kind {
-                        AttentionKind::Kl | AttentionKind::ScoreMse => {
-                            add(&mut n.q);
-                            add(&mut n.k);
-                        }
-                        AttentionKind::Relation { relations, .. } => {
-                            for r in relations {
-                                match r {
-                                    Relation::Query => add(&mut n.q),
-                                    Relation::Key => add(&mut n.k),
-                                    Relation::Value => add(&mut n.v),
-                                }
-                            }
-                        }
-                    }
-                }
-                LossTerm::Logit { .. } => n.logits = true,
-                LossTerm::HardLabel { .. } => {}
-            }
+        let layers = Layers {
+            student: student_layers,
+            teacher: teacher_layers,
+        };
+        for t in &stage.losses {
+            self.add(&t.term.reads(layers)?);
         }
         Ok(())
+    }
+
+    /// Adds what `other` reads.
+    pub fn add(&mut self, other: &TeacherNeeds) {
+        self.logits |= other.logits;
+        self.hidden.extend(&other.hidden);
+        self.q.extend(&other.q);
+        self.k.extend(&other.k);
+        self.v.extend(&other.v);
     }
 
     /// Drops the tensors of a teacher forward that no loss reads, so that they are freed now
@@ -148,7 +126,7 @@ impl TeacherNeeds {
             out.push("logits".to_string());
         }
         for (name, mine, theirs) in [
-            ("hidden", &self.hidden, &other.hidden),
+            ("hidden", &self.hidden, &other.hidden), // tidy: not a loss name (the cache's tensor prefix)
             ("q", &self.q, &other.q),
             ("k", &self.k, &other.k),
             ("v", &self.v, &other.v),

@@ -32,29 +32,29 @@ pub fn student(teacher: &BertConfig) -> (BertModel, VarMap, Vec<Projection>) {
 /// lr 3e-3 with 10% warm-up; evaluation and checkpoints every `every` steps (0: stage ends).
 pub fn settings(total: usize, every: usize) -> PresetSettings {
     PresetSettings {
-        hidden: LossTerm::Hidden {
-            loss: HiddenLoss {
+        hidden: terms::hidden(
+            HiddenLoss {
                 kind: HiddenKind::Mse,
                 include_embeddings: true,
             },
-            map: LayerMap::Uniform,
-            weight: 1.0,
-        },
-        attention: LossTerm::Attention {
-            loss: AttentionLoss {
+            LayerMap::Uniform,
+            1.0,
+        ),
+        attention: terms::attention(
+            AttentionLoss {
                 kind: AttentionKind::Kl,
             },
-            map: LayerMap::Uniform,
-            weight: 1.0,
-        },
-        logit: LossTerm::Logit {
-            loss: LogitLoss {
+            LayerMap::Uniform,
+            1.0,
+        ),
+        logit: terms::logit(
+            LogitLoss {
                 kind: LogitKind::Kl,
                 temperature: 2.0,
             },
-            weight: 1.0,
-        },
-        hard_label: Some(LossTerm::HardLabel { weight: 0.5 }),
+            1.0,
+        ),
+        hard_label: Some(terms::hard_label(0.5)),
         total_steps: total,
         split: None,
         optimizer: AdamW::default(),

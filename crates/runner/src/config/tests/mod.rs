@@ -5,12 +5,15 @@
 use std::path::{Path, PathBuf};
 
 use distillery_data::{MalformedPolicy, SplitFractions, SplitSpec};
-use distillery_losses::{AttentionKind, HiddenKind, LayerMap, LogitKind};
+use distillery_losses::{HiddenKind, HiddenLoss, LayerMap, LogitKind, LogitLoss};
 use distillery_models::{testing::tiny_config, BertConfig, StudentSpec};
-use distillery_stages::{Decay, LossTerm, Preset, Schedule};
+use distillery_stages::terms::{self, Weighted};
+use distillery_stages::{Decay, Preset, Schedule};
 use tempfile::TempDir;
 
 use super::*;
+
+mod loss_terms;
 
 /// A complete, valid config; tests edit it with [`edit`].
 const BASE: &str = r#"seed = 7
@@ -133,7 +136,7 @@ fn kinds(schedule: &Schedule) -> Vec<Vec<&'static str>> {
     schedule
         .stages
         .iter()
-        .map(|s| s.losses.iter().map(LossTerm::kind_name).collect())
+        .map(|s| s.losses.iter().map(Weighted::name).collect())
         .collect()
 }
 
@@ -204,23 +207,31 @@ fn three_stage_preset_from_a_full_config() {
         assert_eq!(stage.optimizer.weight_decay, 0.01);
         assert!(!stage.carry_optimizer);
     }
-    assert_eq!(s.stages[2].losses[1], LossTerm::HardLabel { weight: 0.5 });
-    match &s.stages[0].losses[0] {
-        LossTerm::Hidden { loss, map, weight } => {
-            assert_eq!(loss.kind, HiddenKind::Mse);
-            assert!(loss.include_embeddings);
-            assert_eq!(*map, LayerMap::Uniform);
-            assert_eq!(*weight, 1.0);
-        }
-        other => panic!("{other:?}"),
-    }
-    match &s.stages[2].losses[0] {
-        LossTerm::Logit { loss, .. } => {
-            assert_eq!(loss.kind, LogitKind::Kl);
-            assert_eq!(loss.temperature, 2.0);
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(s.stages[2].losses[1], terms::hard_label(0.5));
+    assert_eq!(
+        s.stages[0].losses[0],
+        terms::hidden(
+            HiddenLoss {
+                kind: HiddenKind::Mse,
+                include_embeddings: true,
+            },
+            LayerMap::Uniform,
+            1.0
+        )
+    );
+    assert_eq!(
+        s.stages[2].losses[0],
+        Weighted::new(
+            terms::LogitTerm {
+                loss: LogitLoss {
+                    kind: LogitKind::Kl,
+                    temperature: 2.0,
+                },
+                hard_label_weight: 0.5,
+            },
+            1.0
+        )
+    );
 }
 
 #[test]
@@ -295,50 +306,10 @@ fn custom_four_stage_schedule() {
     assert!(s.stages[2].params.frozen.is_empty());
     assert_eq!(s.stages[3].eval_every, 10);
     // An explicit hard_label stage takes the logit table's weight.
-    assert_eq!(s.stages[3].losses, [LossTerm::HardLabel { weight: 0.5 }]);
+    assert_eq!(s.stages[3].losses, [terms::hard_label(0.5)]);
     // The presets still build from the same loss tables (for `compare`).
     let three = c.schedule(ScheduleChoice::Preset(Preset::ThreeStage), 10);
     assert!(three.is_err(), "no total_steps: {three:?}");
-}
-
-#[test]
-fn attention_relation_and_logit_jsd_settings_convert() {
-    let text = edit(
-        BASE,
-        &[
-            (
-                "kind = \"kl\"\n",
-                "kind = \"relation\"\nrelation_heads = 8\nrelations = [\"query\", \"value\"]\nmap = \"last-k\"\n",
-            ),
-            ("temperature = 2.0", "kind = \"jsd\"\nbeta = 0.3\ntemperature = 4"),
-            ("map = \"uniform\"", "map = [2, 4, 6]\nprojection = \"none\""),
-        ],
-    );
-    let (_dir, c) = load_ok(&text);
-    let a = c.losses.attention.as_ref().unwrap();
-    assert_eq!(a.layer_map(), LayerMap::LastK);
-    assert_eq!(
-        a.loss().kind,
-        AttentionKind::Relation {
-            relation_heads: 8,
-            relations: vec![
-                distillery_losses::Relation::Query,
-                distillery_losses::Relation::Value
-            ],
-        }
-    );
-    let l = c.losses.logit.as_ref().unwrap().loss();
-    assert_eq!(l.kind, LogitKind::Jsd { beta: 0.3 });
-    assert_eq!(l.temperature, 4.0);
-    let h = c.losses.hidden.as_ref().unwrap();
-    assert_eq!(h.layer_map(), LayerMap::Explicit(vec![2, 4, 6]));
-    assert!(!h.needs_projection(16, 32));
-    // Relation KL with 8 relation heads: 16-wide models pass, heads may differ.
-    let s = BertConfig {
-        num_attention_heads: 2,
-        ..student()
-    };
-    c.check_models(&teacher(), &s, 40).unwrap();
 }
 
 #[test]
@@ -385,7 +356,7 @@ fn data_teacher_student_and_finetune_convert() {
     assert_eq!(names(&f), ["finetune"]);
     assert_eq!(steps(&f), [60]);
     assert_eq!(warmups(&f), [6]);
-    assert_eq!(f.stages[0].losses, [LossTerm::HardLabel { weight: 1.0 }]);
+    assert_eq!(f.stages[0].losses, [terms::hard_label(1.0)]);
     assert_eq!(f.stages[0].lr.peak, 5e-5);
     assert!(!f.needs_teacher());
 }
