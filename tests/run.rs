@@ -903,3 +903,67 @@ fn bad_config_unknown_best_metric() {
         &["distill.best_metric", "bleu", "line"],
     );
 }
+
+#[test]
+fn a_minilm_schedule_with_the_value_relation_term_runs_live_and_from_the_cache() {
+    // MiniLM's recipe as a custom stage: attention KL + value relation on the last layer. The
+    // cache must store exactly what the two terms read (Q, K and V of teacher layer 2) and
+    // reproduce the live run (equal lengths: bit-identical, as above).
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tiny_config("custom", 0, "")
+        .replace("min_len = 4", "min_len = 8")
+        .replace("total_steps = 0\n", "")
+        + "[[distill.stages]]\nname = \"minilm\"\nlosses = [\"attention\", \"value_relation\"]\nsteps = 12\n[losses.value_relation]\nweight = 2.0\n";
+    let plain = write_config(tmp.path(), "plain.toml", &base);
+    let cached = write_config(
+        tmp.path(),
+        "cached.toml",
+        &format!("{base}\n[teacher_cache]\ndtype = \"f32\"\n"),
+    );
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for (cfg, out) in [(&plain, &a), (&cached, &b)] {
+        let o = distillery(&[
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let steps: Vec<Value> = read_jsonl(&a.join("metrics.jsonl"))
+        .into_iter()
+        .filter(|v| v["event"] == "step")
+        .collect();
+    assert_eq!(steps.len(), 12);
+    for s in &steps {
+        let (att, vr) = (
+            s["attention"].as_f64().unwrap(),
+            s["value_relation"].as_f64().unwrap(),
+        );
+        assert!(att > 0.0 && vr > 0.0, "{s}");
+        assert!(
+            (s["loss"].as_f64().unwrap() - (att + 2.0 * vr)).abs() < 1e-5 * (att + 2.0 * vr),
+            "the objective is attention + 2 × value relation: {s}"
+        );
+    }
+    let first = steps[0]["value_relation"].as_f64().unwrap();
+    let last = steps[11]["value_relation"].as_f64().unwrap();
+    assert!(
+        last < first,
+        "the value relation did not fall: {first} → {last}"
+    );
+    let index = read_json(&b.join("teacher-cache/index.json"));
+    assert_eq!(index["needs"]["v"], serde_json::json!([2]), "{index}");
+    assert_eq!(index["needs"]["q"], serde_json::json!([2]), "{index}");
+    assert_eq!(index["needs"]["hidden"], serde_json::json!([]), "{index}");
+    assert_eq!(step_losses(&a), step_losses(&b));
+    let same = std::fs::read(a.join("student/model.safetensors")).unwrap()
+        == std::fs::read(b.join("student/model.safetensors")).unwrap();
+    assert!(same, "the student trained from the cache differs");
+    let svg = std::fs::read_to_string(a.join("loss.svg")).unwrap();
+    assert!(
+        svg.contains("value-relation"),
+        "the loss plot lacks the term"
+    );
+}

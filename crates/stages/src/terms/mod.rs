@@ -13,6 +13,7 @@ mod hard_label;
 mod hidden;
 mod logit;
 mod map;
+mod value_relation;
 
 use std::fmt;
 use std::sync::{Arc, LazyLock};
@@ -31,6 +32,7 @@ pub use attention::{attention, AttentionTerm};
 pub use hard_label::{hard_label, HardLabelTerm};
 pub use hidden::{hidden, HiddenTerm, Projecting};
 pub use logit::{logit, LogitTerm};
+pub use value_relation::{value_relation, ValueRelationTerm};
 
 /// The names the presets are built from (they are the preset's recipe, not a second list).
 pub const HIDDEN: &str = hidden::NAME;
@@ -192,6 +194,7 @@ pub struct Entry {
 pub static REGISTRY: &[Entry] = &[
     hidden::ENTRY,
     attention::ENTRY,
+    value_relation::ENTRY,
     logit::ENTRY,
     hard_label::ENTRY,
 ];

@@ -83,3 +83,48 @@ fn attention_relation_and_logit_jsd_settings_convert() {
     };
     c.check_models(&teacher(), &s, 40).unwrap();
 }
+
+#[test]
+fn value_relation_term_in_a_custom_stage() {
+    let text = edit(BASE, &[(&BASE[BASE.find("[distill]").unwrap()..], CUSTOM)]);
+    let text = edit(
+        &text,
+        &[(
+            "losses = [\"hidden\", \"attention\"]",
+            "losses = [\"attention\", \"value_relation\"]",
+        )],
+    );
+    // Without its table: named with the stage.
+    let e = load_err(&text, "distill.stages[0].losses");
+    assert!(e.contains("[losses.value_relation]"), "{e}");
+    let text = format!("{text}\n[losses.value_relation]\nweight = 0.5\n");
+    let (_dir, c) = load_ok(&text);
+    let s = c.schedule(ScheduleChoice::Custom, 100).unwrap();
+    assert_eq!(kinds(&s)[0], ["attention", "value_relation"]);
+    assert_eq!(
+        s.stages[0].losses[1],
+        terms::value_relation(LayerMap::LastK, 0.5)
+    );
+    c.check_models(&teacher(), &student(), 40).unwrap();
+    let s2 = BertConfig {
+        num_attention_heads: 2,
+        ..student()
+    };
+    check_models_err(&text, &teacher(), &s2, 40, "losses.attention.kind");
+    // A key the term does not have: its line and dotted key.
+    let bad = edit(
+        &text,
+        &[(
+            "[losses.value_relation]\nweight = 0.5",
+            "[losses.value_relation]\nweight = 0.5\nheads = 2",
+        )],
+    );
+    let e = load_err(&bad, "losses.value_relation.heads");
+    assert!(
+        e.contains("unknown field `heads`") && e.contains("line "),
+        "{e}"
+    );
+    // An unknown table is not a loss.
+    let e = load_err(&format!("{text}[losses.values]\n"), "losses.values");
+    assert!(e.contains("value_relation"), "{e}");
+}
