@@ -18,59 +18,17 @@ use distillery_data::Batcher;
 use distillery_losses::Projection;
 use distillery_models::{random_student, save_model, student_from_teacher, BertConfig, BertModel};
 use distillery_stages::{
-    BestMetric, CheckpointDir, CheckpointPolicy, EvalSet, Metrics, Models, Schedule, Trainer,
-    TrainerConfig,
+    CheckpointDir, CheckpointPolicy, EvalSet, Models, Schedule, Trainer, TrainerConfig,
 };
-use serde::{Deserialize, Serialize};
 
 use crate::config::schema::Export;
 use crate::config::{Config, ScheduleChoice, StudentSource};
 use crate::faults::fault_step;
 use crate::observe::{MetricsFile, Progress};
+use crate::records::{self, Record};
+use crate::summary::{read_summary, stage_rows, Summary};
 use crate::task::Task;
 use crate::teacher::{scores, seed_of, Teacher};
-
-/// What a finished run reports (`summary.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Summary {
-    pub schedule: String,
-    /// (name, steps, loss kinds) per stage.
-    pub stages: Vec<(String, usize, Vec<String>)>,
-    pub steps: usize,
-    pub dev: Option<Metrics>,
-    pub test: Option<Metrics>,
-    /// (global step, value) of the best evaluation by `best_metric`.
-    pub best_dev: Option<(usize, f64)>,
-    /// What ranks evaluations, e.g. `dev accuracy` (older summaries: accuracy).
-    #[serde(default = "default_best_metric")]
-    pub best_metric: String,
-    /// The global step whose weights are `student/` (the last step, or the best checkpoint's
-    /// with `export = "best"`).
-    #[serde(default)]
-    pub exported_step: usize,
-    pub student_parameters: usize,
-    pub teacher_parameters: usize,
-    pub teacher_dev: Option<Metrics>,
-    pub teacher_test: Option<Metrics>,
-    /// Training wall time over all invocations (a resumed run adds up).
-    pub wall_secs: f64,
-    pub student_dir: PathBuf,
-}
-
-fn default_best_metric() -> String {
-    BestMetric::Accuracy.name().to_string()
-}
-
-pub fn read_summary(dir: &Path) -> Result<Option<Summary>> {
-    let p = dir.join("summary.json");
-    if !p.is_file() {
-        return Ok(None);
-    }
-    let bytes = std::fs::read(&p).with_context(|| format!("{}: cannot read", p.display()))?;
-    Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
-        format!("{}: not a run summary", p.display())
-    })?))
-}
 
 /// Builds the student the config asks for.
 pub fn build_student(config: &Config, teacher: &BertModel, device: &Device) -> Result<BertModel> {
@@ -137,7 +95,8 @@ pub struct RunOptions {
     pub quiet: bool,
 }
 
-/// Runs `choice` into `dir` (see the module doc); returns the finished run's summary.
+/// Runs `choice` into `dir` (see the module doc); returns the finished run's summary and its
+/// metrics records.
 pub fn run_schedule(
     config: &Config,
     task: &Task,
@@ -146,7 +105,7 @@ pub fn run_schedule(
     dir: &Path,
     device: &Device,
     opts: RunOptions,
-) -> Result<Summary> {
+) -> Result<(Summary, Vec<Record>)> {
     // The teacher cache is shared by every schedule written under the output folder.
     let out_root = if dir.join("run.json").is_file() {
         dir
@@ -155,7 +114,7 @@ pub fn run_schedule(
     };
     if let Some(done) = read_summary(dir)? {
         if opts.resume {
-            return Ok(done);
+            return Ok((done, records::read(&dir.join("metrics.jsonl"))?));
         }
         bail!(
             "{}: already holds a finished run; choose another --out (nothing was overwritten)",
@@ -327,30 +286,14 @@ pub fn run_schedule(
         wall_secs: clock.total(),
         student_dir,
     };
-    crate::report::write_run_report(
-        dir,
-        &summary,
-        &crate::observe::read_metrics(&metrics_path)?,
-        config,
-    )?;
+    // Typed, from the file: a resumed run's earlier steps exist only there.
+    let history = records::read(&metrics_path)?;
+    crate::report::write_run_report(dir, &summary, &history, config)?;
     distillery_util::fs::write_atomic(
         &dir.join("summary.json"),
         &serde_json::to_vec_pretty(&summary)?,
     )?;
-    Ok(summary)
-}
-
-fn stage_rows(s: &Schedule) -> Vec<(String, usize, Vec<String>)> {
-    s.stages
-        .iter()
-        .map(|st| {
-            (
-                st.name.clone(),
-                st.steps,
-                st.losses.iter().map(|l| l.name().to_string()).collect(),
-            )
-        })
-        .collect()
+    Ok((summary, history))
 }
 
 /// Training wall time, saved at each checkpoint so that a resumed run reports the total.

@@ -11,7 +11,14 @@ use distillery_models::{
 use distillery_util::fs::write_atomic_with;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::Pooling;
+/// How a text's token states become one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pooling {
+    /// Average of the last hidden state over non-padding tokens (not normalised).
+    Mean,
+    /// The last hidden state of the [CLS] token.
+    Cls,
+}
 
 #[derive(Debug)]
 pub struct EmbedArgs {

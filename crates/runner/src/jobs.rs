@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 
 use crate::config::{self, Config, DeviceSpec, ScheduleChoice};
-use crate::distill::{run_schedule, RunOptions, Summary};
+use crate::distill::{run_schedule, RunOptions};
+use crate::summary::Summary;
 
 /// The embedded default: `configs/quickstart.toml`, compiled in so that the binary runs offline
 /// with no file at all.
@@ -81,7 +82,7 @@ pub fn run(args: &JobArgs) -> Result<()> {
     }
     let (task, _scratch) = start(&config, &out, args.resume, &[choice])?;
     let teacher = crate::teacher::prepare(&config, &task, &out, &device, args.quiet)?;
-    let s = run_schedule(
+    let (s, _) = run_schedule(
         &config,
         &task,
         &teacher,
@@ -125,7 +126,7 @@ pub fn compare(args: &JobArgs, schedules: Option<&str>) -> Result<()> {
     let mut metrics = Vec::new();
     for &c in &choices {
         let dir = out.join(c.name());
-        let s = run_schedule(
+        let (s, records) = run_schedule(
             &config,
             &task,
             &teacher,
@@ -138,11 +139,10 @@ pub fn compare(args: &JobArgs, schedules: Option<&str>) -> Result<()> {
             },
         )?;
         print_summary(&s);
-        metrics.push(crate::observe::read_metrics(&dir.join("metrics.jsonl"))?);
+        metrics.push(records);
         rows.push(s);
     }
-    crate::report::write_comparison(&out, &rows, &metrics)?;
-    let md = std::fs::read_to_string(out.join("comparison.md")).unwrap_or_default();
+    let md = crate::report::write_comparison(&out, &rows, &metrics)?;
     println!("{md}");
     eprintln!("wrote {}", out.join("comparison.md").display());
     Ok(())

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use embed::Pooling;
 
 mod cache;
 mod config;
@@ -16,7 +17,9 @@ mod inspect;
 mod jobs;
 mod observe;
 mod plot;
+mod records;
 mod report;
+mod summary;
 mod task;
 mod teacher;
 mod textfile;
@@ -30,14 +33,6 @@ mod textfile;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Pooling {
-    /// Average of the last hidden state over non-padding tokens (not normalised).
-    Mean,
-    /// The last hidden state of the [CLS] token.
-    Cls,
 }
 
 #[derive(Debug, clap::Args)]

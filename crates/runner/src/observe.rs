@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use distillery_stages::{Event, Observer};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::json;
+
+use crate::records::{EvalLine, Record, StageEndLine, StepLine};
 
 /// Stage k/N, step, ETA, each loss term, examples/s. Hidden when stderr is not a terminal;
 /// stage ends and evaluations are also printed as lines, so logs keep them.
@@ -152,8 +153,8 @@ impl MetricsFile {
         }
     }
 
-    fn write(&mut self, value: serde_json::Value) {
-        let r = serde_json::to_writer(&mut self.out, &value)
+    fn write(&mut self, record: &Record) {
+        let r = serde_json::to_writer(&mut self.out, record)
             .map_err(|e| e.to_string())
             .and_then(|_| self.out.write_all(b"\n").map_err(|e| e.to_string()))
             .and_then(|_| self.out.flush().map_err(|e| e.to_string()));
@@ -165,19 +166,19 @@ impl MetricsFile {
 
 impl Observer for MetricsFile {
     fn on_event(&mut self, event: &Event) {
-        match event {
-            Event::Step(s) => {
-                let mut v = json!({
-                    "event": "step", "stage": s.stage, "stage_index": s.stage_index,
-                    "step": s.step, "global_step": s.global_step, "epoch": s.epoch,
-                    "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm,
-                    "examples_per_sec": s.examples_per_sec,
-                });
-                for (k, x) in &s.terms {
-                    v[k.as_str()] = json!(x);
-                }
-                self.write(v);
-            }
+        let record = match event {
+            Event::Step(s) => Record::Step(StepLine {
+                stage: s.stage.clone(),
+                stage_index: s.stage_index,
+                step: s.step,
+                global_step: s.global_step,
+                epoch: s.epoch,
+                loss: s.loss,
+                lr: s.lr,
+                grad_norm: s.grad_norm,
+                examples_per_sec: s.examples_per_sec,
+                terms: s.terms.iter().cloned().collect(),
+            }),
             Event::Evaluated {
                 stage,
                 stage_index,
@@ -186,21 +187,27 @@ impl Observer for MetricsFile {
                 macro_f1,
                 loss,
                 best,
-            } => self.write(json!({
-                "event": "eval", "stage": stage, "stage_index": stage_index,
-                "global_step": global_step, "dev_accuracy": accuracy,
-                "dev_macro_f1": macro_f1, "dev_loss": loss, "best": best,
-            })),
+            } => Record::Eval(EvalLine {
+                stage: stage.clone(),
+                stage_index: *stage_index,
+                global_step: *global_step,
+                dev_accuracy: *accuracy,
+                dev_macro_f1: *macro_f1,
+                dev_loss: *loss,
+                best: *best,
+            }),
             Event::StageFinished {
                 stage,
                 stage_index,
                 global_step,
-            } => self.write(json!({
-                "event": "stage_end", "stage": stage, "stage_index": stage_index,
-                "global_step": global_step,
-            })),
-            _ => {}
-        }
+            } => Record::StageEnd(StageEndLine {
+                stage: stage.clone(),
+                stage_index: *stage_index,
+                global_step: *global_step,
+            }),
+            _ => return,
+        };
+        self.write(&record);
     }
 }
 
@@ -211,30 +218,17 @@ fn truncate_after(path: &Path, step: usize) -> Result<()> {
     let mut kept = String::new();
     for line in std::io::BufReader::new(f).lines() {
         let line = line.with_context(|| format!("{}: cannot read", path.display()))?;
-        let v: serde_json::Value = match serde_json::from_str(&line) {
-            Ok(v) => v,
+        let r: Record = match serde_json::from_str(&line) {
+            Ok(r) => r,
             Err(_) => continue, // a line cut by a kill
         };
-        if v["global_step"]
-            .as_u64()
-            .is_some_and(|g| g as usize <= step)
-        {
+        if r.global_step() <= step {
             kept.push_str(&line);
             kept.push('\n');
         }
     }
     distillery_util::fs::write_atomic(path, kept.as_bytes())?;
     Ok(())
-}
-
-/// The metrics file's lines, parsed (a cut last line is ignored).
-pub fn read_metrics(path: &Path) -> Result<Vec<serde_json::Value>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
 }
 
 #[cfg(test)]
@@ -248,11 +242,16 @@ mod tests {
     fn reopening_drops_lines_past_the_checkpoint_and_a_cut_last_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metrics.jsonl");
+        let step = |g: usize, loss: f64| {
+            format!(
+                r#"{{"event":"step","stage":"I","stage_index":0,"step":{g},"global_step":{g},"epoch":0,"loss":{loss},"lr":0.001,"grad_norm":1.0,"examples_per_sec":10.0,"hidden":{loss}}}"#
+            )
+        };
         let lines = [
-            r#"{"event":"step","global_step":1,"loss":0.5}"#,
-            r#"{"event":"step","global_step":2,"loss":0.4}"#,
-            r#"{"event":"eval","global_step":2,"dev_accuracy":0.7}"#,
-            r#"{"event":"step","global_step":3,"loss":0.3}"#,
+            step(1, 0.5),
+            step(2, 0.4),
+            r#"{"event":"eval","stage":"I","stage_index":0,"global_step":2,"dev_accuracy":0.7,"dev_macro_f1":0.6,"dev_loss":0.5,"best":true}"#.to_string(),
+            step(3, 0.3),
         ];
         let text = format!("{}\n{}", lines.join("\n"), r#"{"event":"step","global_st"#);
         std::fs::write(&path, &text).unwrap();
@@ -268,9 +267,10 @@ mod tests {
             global_step: 3,
         });
         m.finish().unwrap();
-        let all = read_metrics(&path).unwrap();
+        let all = crate::records::read(&path).unwrap();
         assert_eq!(all.len(), 4);
-        assert_eq!(all[3]["event"], "stage_end");
+        assert!(matches!(&all[0], Record::Step(s) if s.terms["hidden"] == 0.5));
+        assert!(matches!(&all[3], Record::StageEnd(e) if e.global_step == 3));
         // A run that is not resuming replaces the file.
         MetricsFile::open(&path, None).unwrap().finish().unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "");

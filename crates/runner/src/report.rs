@@ -5,28 +5,24 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Result;
-use serde_json::Value;
 
 use crate::config::Config;
-use crate::distill::Summary;
 use crate::plot::{LineChart, Marker, Series};
+use crate::records::{dev_points, steps, Record};
+use crate::summary::Summary;
 use distillery_util::fs::write_atomic;
 
-fn steps_of(metrics: &[Value]) -> impl Iterator<Item = &Value> {
-    metrics.iter().filter(|v| v["event"] == "step")
-}
-
 /// The loss curve: the minimised sum and each term, over the global step, stage ends marked.
-pub fn loss_chart(title: &str, metrics: &[Value]) -> LineChart {
+pub fn loss_chart(title: &str, records: &[Record]) -> LineChart {
     let mut series = vec![Series {
         name: "total (weighted)".into(),
-        points: steps_of(metrics)
-            .filter_map(|v| Some((v["global_step"].as_f64()?, v["loss"].as_f64()?)))
+        points: steps(records)
+            .map(|s| (s.global_step as f64, s.loss))
             .collect(),
     }];
     for term in distillery_stages::terms::names() {
-        let points: Vec<(f64, f64)> = steps_of(metrics)
-            .filter_map(|v| Some((v["global_step"].as_f64()?, v[*term].as_f64()?)))
+        let points: Vec<(f64, f64)> = steps(records)
+            .filter_map(|s| Some((s.global_step as f64, *s.terms.get(*term)?)))
             .collect();
         if !points.is_empty() {
             series.push(Series {
@@ -35,14 +31,14 @@ pub fn loss_chart(title: &str, metrics: &[Value]) -> LineChart {
             });
         }
     }
-    let markers = metrics
+    let markers = records
         .iter()
-        .filter(|v| v["event"] == "stage_end")
-        .filter_map(|v| {
-            Some(Marker {
-                x: v["global_step"].as_f64()?,
-                label: format!("end of {}", v["stage"].as_str()?),
-            })
+        .filter_map(|r| match r {
+            Record::StageEnd(e) => Some(Marker {
+                x: e.global_step as f64,
+                label: format!("end of {}", e.stage),
+            }),
+            _ => None,
         })
         .collect();
     LineChart {
@@ -56,23 +52,19 @@ pub fn loss_chart(title: &str, metrics: &[Value]) -> LineChart {
     }
 }
 
-/// Dev accuracy over the global step.
-pub fn dev_points(metrics: &[Value]) -> Vec<(f64, f64)> {
-    metrics
-        .iter()
-        .filter(|v| v["event"] == "eval")
-        .filter_map(|v| Some((v["global_step"].as_f64()?, v["dev_accuracy"].as_f64()?)))
-        .collect()
-}
-
 fn metric(m: Option<&distillery_stages::Metrics>) -> String {
     m.map_or("–".into(), |m| {
         format!("{:.4} / {:.4}", m.accuracy, m.macro_f1)
     })
 }
 
-pub fn write_run_report(dir: &Path, s: &Summary, metrics: &[Value], config: &Config) -> Result<()> {
-    let chart = loss_chart(&format!("{} — training losses", s.schedule), metrics);
+pub fn write_run_report(
+    dir: &Path,
+    s: &Summary,
+    records: &[Record],
+    config: &Config,
+) -> Result<()> {
+    let chart = loss_chart(&format!("{} — training losses", s.schedule), records);
     write_atomic(&dir.join("loss.svg"), chart.to_svg().as_bytes())?;
     let mut md = String::new();
     let _ = writeln!(md, "# distillery run — {}\n", s.schedule);
@@ -124,7 +116,7 @@ pub fn write_run_report(dir: &Path, s: &Summary, metrics: &[Value], config: &Con
         distillery_kernels::gemm_backend()
     );
     let _ = writeln!(md, "![training losses](loss.svg)\n");
-    let evals = dev_points(metrics);
+    let evals = dev_points(records);
     if !evals.is_empty() {
         let _ = writeln!(md, "| global step | dev accuracy |\n|---|---|");
         for (x, y) in evals {
@@ -135,11 +127,12 @@ pub fn write_run_report(dir: &Path, s: &Summary, metrics: &[Value], config: &Con
     Ok(())
 }
 
-/// One row per schedule; `metrics` are each run's metrics lines, in the same order.
-pub fn write_comparison(out: &Path, rows: &[Summary], metrics: &[Vec<Value>]) -> Result<()> {
+/// One row per schedule; `records` are each run's metrics lines, in the same order. Returns
+/// the markdown it wrote.
+pub fn write_comparison(out: &Path, rows: &[Summary], records: &[Vec<Record>]) -> Result<String> {
     let mut series: Vec<Series> = rows
         .iter()
-        .zip(metrics)
+        .zip(records)
         .map(|(s, m)| Series {
             name: s.schedule.clone(),
             points: dev_points(m),
@@ -215,5 +208,5 @@ pub fn write_comparison(out: &Path, rows: &[Summary], metrics: &[Vec<Value>]) ->
         &out.join("comparison.json"),
         &serde_json::to_vec_pretty(rows)?,
     )?;
-    Ok(())
+    Ok(md)
 }

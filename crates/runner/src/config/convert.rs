@@ -15,8 +15,8 @@ use distillery_stages::{
 
 use super::error::{key_err, term_key_err, KeyError, KeyResult};
 use super::schema::{
-    ArchSection, Config, DecayName, DistillSection, FinetuneSection, ScheduleName, StageSection,
-    StudentInit, DEFAULT_SPLIT,
+    ArchSection, Config, DecayName, DistillSection, FinetuneSection, StageSection, StudentInit,
+    DEFAULT_SPLIT,
 };
 
 /// Which schedule to build: one of the presets (as `distillery compare` runs all three from one
@@ -41,16 +41,6 @@ impl ScheduleChoice {
             Self::Preset(p) => p.name(),
             Self::Custom => "custom",
         }
-    }
-}
-
-/// The preset a `schedule` names; `None` for `custom`.
-pub(crate) fn preset_of(name: ScheduleName) -> Option<Preset> {
-    match name {
-        ScheduleName::OneStage => Some(Preset::OneStage),
-        ScheduleName::TwoStage => Some(Preset::TwoStage),
-        ScheduleName::ThreeStage => Some(Preset::ThreeStage),
-        ScheduleName::Custom => None,
     }
 }
 
@@ -157,7 +147,10 @@ fn stage_error(key: &str) -> impl Fn(distillery_stages::StageError) -> KeyError 
 impl Config {
     /// The schedule the config names.
     pub fn schedule_choice(&self) -> ScheduleChoice {
-        preset_of(self.distill.schedule).map_or(ScheduleChoice::Custom, ScheduleChoice::Preset)
+        self.distill
+            .schedule
+            .preset()
+            .map_or(ScheduleChoice::Custom, ScheduleChoice::Preset)
     }
 
     /// The distillation schedule `which`, with epoch counts turned into steps as
@@ -320,22 +313,6 @@ impl Config {
             eval_every: s.eval_every.unwrap_or(d.eval_every),
             checkpoint_every: s.checkpoint_every.unwrap_or(d.checkpoint_every),
         })
-    }
-
-    /// The term a stage listing `name` gets: its `[losses.<name>]` table's; else the companion
-    /// a configured term brings (`hard_label` takes `[losses.logit] hard_label_weight`); else
-    /// its defaults when it needs no table; else `None`.
-    pub(crate) fn listed_term(&self, name: &str) -> Option<Weighted> {
-        if let Some(t) = self.losses.terms.get(name) {
-            return Some(t.clone());
-        }
-        let companion = self
-            .losses
-            .terms
-            .values()
-            .flat_map(|t| t.term.companions())
-            .find(|c| c.name() == name);
-        companion.or_else(|| terms::build(name, None).ok())
     }
 
     /// The teacher fine-tuning of `[teacher.finetune]` as a one-stage schedule (stage

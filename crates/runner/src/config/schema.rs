@@ -267,6 +267,19 @@ pub enum ScheduleName {
     Custom,
 }
 
+impl ScheduleName {
+    /// The preset it names; `None` for `custom`.
+    pub fn preset(self) -> Option<distillery_stages::Preset> {
+        use distillery_stages::Preset;
+        match self {
+            Self::OneStage => Some(Preset::OneStage),
+            Self::TwoStage => Some(Preset::TwoStage),
+            Self::ThreeStage => Some(Preset::ThreeStage),
+            Self::Custom => None,
+        }
+    }
+}
+
 /// A loss name in a custom stage's `losses`: one of the registry's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LossName(pub String);

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use distillery_data::Format;
+use distillery_stages::terms::{self, Weighted};
 
 use super::error::{key_err, KeyResult};
 use super::schema::{
@@ -208,7 +209,7 @@ impl Config {
             ("total_epochs", d.total_epochs),
             false,
         )?;
-        match super::convert::preset_of(d.schedule) {
+        match d.schedule.preset() {
             None => {
                 let Some(stages) = &d.stages else {
                     return Err(key_err(
@@ -316,6 +317,22 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The term a stage listing `name` gets: its `[losses.<name>]` table's; else the companion
+    /// a configured term brings (`hard_label` takes `[losses.logit] hard_label_weight`); else
+    /// its defaults when it needs no table; else `None`.
+    pub(crate) fn listed_term(&self, name: &str) -> Option<Weighted> {
+        if let Some(t) = self.losses.terms.get(name) {
+            return Some(t.clone());
+        }
+        let companion = self
+            .losses
+            .terms
+            .values()
+            .flat_map(|t| t.term.companions())
+            .find(|c| c.name() == name);
+        companion.or_else(|| terms::build(name, None).ok())
     }
 
     /// Whether a stage can use loss `name`: its `[losses.<name>]` table is there, or it
