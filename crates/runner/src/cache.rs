@@ -13,7 +13,6 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use candle_core::DType;
-use distillery_data::{BatchConfig, Batcher};
 use distillery_stages::cache::human_bytes;
 use distillery_stages::{
     example_lengths, CacheConfig, Probe, Schedule, TeacherCache, TeacherNeeds,
@@ -92,16 +91,9 @@ pub fn prepare(
         }
         _ => {}
     }
-    let in_order = || {
-        Batcher::new(
-            &task.splits.train,
-            &task.tokenizer,
-            Some(&task.vocab),
-            // The training batch size: CPU matmuls pick their summation order from the shapes, so
-            // equal shapes give the exact bits a live teacher would (see the module doc).
-            BatchConfig::in_order(config.data.batch_size),
-        )
-    };
+    // The training batch size: CPU matmuls pick their summation order from the shapes, so
+    // equal shapes give the exact bits a live teacher would (see the module doc).
+    let in_order = || task.train_in_order(config.data.batch_size);
     let lengths = example_lengths(&mut in_order()?)?;
     let expected = TeacherCache::estimate(&lengths, &needs, &teacher.model.config, &cfg);
     if !quiet {

@@ -14,20 +14,19 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
-use distillery_data::Batcher;
 use distillery_losses::Projection;
 use distillery_models::{random_student, save_model, student_from_teacher, BertConfig, BertModel};
 use distillery_stages::{
-    CheckpointDir, CheckpointPolicy, EvalSet, Models, Schedule, Trainer, TrainerConfig,
+    CheckpointDir, CheckpointPolicy, Models, Schedule, Trainer, TrainerConfig,
 };
 
 use crate::config::schema::Export;
 use crate::config::{Config, ScheduleChoice, StudentSource};
 use crate::faults::fault_step;
 use crate::observe::{MetricsFile, Progress};
+use crate::plan::Plan;
 use crate::records::{self, Record};
 use crate::summary::{read_summary, stage_rows, Summary};
-use crate::task::Task;
 use crate::teacher::{scores, seed_of, Teacher};
 
 /// Builds the student the config asks for.
@@ -99,13 +98,14 @@ pub struct RunOptions {
 /// metrics records.
 pub fn run_schedule(
     config: &Config,
-    task: &Task,
+    plan: &Plan,
     teacher: &Teacher,
     choice: ScheduleChoice,
     dir: &Path,
     device: &Device,
     opts: RunOptions,
 ) -> Result<(Summary, Vec<Record>)> {
+    let task = &plan.task;
     // The teacher cache is shared by every schedule written under the output folder.
     let out_root = if dir.join("run.json").is_file() {
         dir
@@ -153,50 +153,25 @@ pub fn run_schedule(
         &student.config,
         task.tokenizer.vocab_size(),
     )?;
-    let train_cfg = config.train_batches();
-    let mut batcher = match &resume {
-        Some(c) => Batcher::from_cursor(
-            &task.splits.train,
-            &task.tokenizer,
-            Some(&task.vocab),
-            train_cfg,
-            &c.state.cursor,
-        )?,
-        None => Batcher::new(
-            &task.splits.train,
-            &task.tokenizer,
-            Some(&task.vocab),
-            train_cfg,
-        )?,
-    };
-    let schedule = config.schedule(choice, batcher.batches_per_epoch())?;
+    let mut batcher = task.train_batcher(
+        config.train_batches(),
+        resume.as_ref().map(|c| &c.state.cursor),
+    )?;
+    let schedule = plan.schedule(choice)?;
     let vars = VarMap::new();
     let projections = build_projections(
         config,
-        &schedule,
+        schedule,
         (&student.config, &teacher.model.config),
         &vars,
         device,
     )?;
-    let dev = task
-        .splits
-        .dev
-        .as_ref()
-        .map(|d| {
-            EvalSet::new(
-                d,
-                &task.tokenizer,
-                &task.vocab,
-                config.data.eval_batch_size,
-                device,
-            )
-        })
-        .transpose()?;
+    let dev = task.dev_set(config.data.eval_batch_size, device)?;
     let cache = crate::cache::prepare(
         config,
         task,
         teacher,
-        &schedule,
+        schedule,
         student.config.num_hidden_layers,
         out_root,
         opts.quiet,
@@ -239,7 +214,7 @@ pub fn run_schedule(
         MetricsFile::open(&metrics_path, resume.as_ref().map(|c| c.state.global_step))?;
     let outcome = trainer
         .run(
-            &schedule,
+            schedule,
             &mut batcher,
             &mut [&mut progress, &mut metrics, &mut clock],
             resume.as_ref(),
@@ -272,7 +247,7 @@ pub fn run_schedule(
     let (dev_m, test_m) = scores(&student, task, config)?;
     let summary = Summary {
         schedule: choice.name().to_string(),
-        stages: stage_rows(&schedule),
+        stages: stage_rows(schedule),
         steps: schedule.total_steps(),
         dev: dev_m,
         test: test_m,

@@ -8,6 +8,7 @@ use candle_core::Device;
 
 use crate::config::{self, Config, DeviceSpec, ScheduleChoice};
 use crate::distill::{run_schedule, RunOptions};
+use crate::plan::Plan;
 use crate::summary::Summary;
 
 /// The embedded default: `configs/quickstart.toml`, compiled in so that the binary runs offline
@@ -55,21 +56,15 @@ fn out_dir(args: &JobArgs) -> PathBuf {
     })
 }
 
-/// Reads the data, then claims `out` (see [`crate::fingerprint`]) before writing anything.
-fn start(
-    config: &Config,
-    out: &Path,
-    resume: bool,
-    choices: &[ScheduleChoice],
-) -> Result<(crate::task::Task, tempfile::TempDir)> {
-    let scratch = tempfile::tempdir().context("creating a scratch folder")?;
-    let mut task = crate::task::prepare(config, scratch.path())?;
-    check_early(config, &task, choices)?;
-    let fingerprint = crate::fingerprint::of(config, task.digest())?;
+/// Builds the plan (reading the data, checking everything checkable), then claims `out` (see
+/// [`crate::fingerprint`]) before writing anything.
+fn start(config: &Config, out: &Path, resume: bool, choices: &[ScheduleChoice]) -> Result<Plan> {
+    let mut plan = Plan::build(config, choices)?;
+    let fingerprint = crate::fingerprint::of(config, plan.task.digest())?;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
     crate::fingerprint::claim(out, &fingerprint, resume)?;
-    task.persist(out, scratch.path())?;
-    Ok((task, scratch))
+    plan.persist(out)?;
+    Ok(plan)
 }
 
 pub fn run(args: &JobArgs) -> Result<()> {
@@ -80,11 +75,11 @@ pub fn run(args: &JobArgs) -> Result<()> {
     if args.dry_run {
         return dry_run(&config, &[choice]);
     }
-    let (task, _scratch) = start(&config, &out, args.resume, &[choice])?;
-    let teacher = crate::teacher::prepare(&config, &task, &out, &device, args.quiet)?;
+    let plan = start(&config, &out, args.resume, &[choice])?;
+    let teacher = crate::teacher::prepare(&config, &plan, &out, &device, args.quiet)?;
     let (s, _) = run_schedule(
         &config,
-        &task,
+        &plan,
         &teacher,
         choice,
         &out,
@@ -120,15 +115,15 @@ pub fn compare(args: &JobArgs, schedules: Option<&str>) -> Result<()> {
     if args.dry_run {
         return dry_run(&config, &choices);
     }
-    let (task, _scratch) = start(&config, &out, args.resume, &choices)?;
-    let teacher = crate::teacher::prepare(&config, &task, &out, &device, args.quiet)?;
+    let plan = start(&config, &out, args.resume, &choices)?;
+    let teacher = crate::teacher::prepare(&config, &plan, &out, &device, args.quiet)?;
     let mut rows: Vec<Summary> = Vec::new();
     let mut metrics = Vec::new();
     for &c in &choices {
         let dir = out.join(c.name());
         let (s, records) = run_schedule(
             &config,
-            &task,
+            &plan,
             &teacher,
             c,
             &dir,
@@ -148,46 +143,35 @@ pub fn compare(args: &JobArgs, schedules: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// Everything that can be checked before the teacher trains: each schedule builds, and the
-/// planned models fit the losses it uses.
-fn check_early(
-    config: &Config,
-    task: &crate::task::Task,
-    choices: &[ScheduleChoice],
-) -> Result<()> {
-    for &c in choices {
-        config.schedule(c, 1)?;
-    }
-    let (t, s) = crate::teacher::planned_configs(config, task)?;
-    config.check_models_for(choices, &t, &s, task.tokenizer.vocab_size())
-}
-
-/// Reads the data and checks every schedule against the planned models, writing nothing but
-/// the planned stages to stdout.
+/// Builds the plan (reading the data and checking every schedule against the planned models)
+/// and prints it, writing nothing else.
 fn dry_run(config: &Config, choices: &[ScheduleChoice]) -> Result<()> {
-    let scratch = tempfile::tempdir().context("creating a scratch folder")?;
-    let task = crate::task::prepare(config, scratch.path())?;
-    check_early(config, &task, choices)?;
-    let train = distillery_data::Batcher::new(
-        &task.splits.train,
-        &task.tokenizer,
-        Some(&task.vocab),
-        config.train_batches(),
-    )?;
-    let per_epoch = train.batches_per_epoch();
+    let plan = Plan::build(config, choices)?;
+    let task = &plan.task;
     println!(
-        "{}: {} train / {} dev / {} test examples, labels {:?}, {per_epoch} batches per epoch",
+        "{}: {} train / {} dev / {} test examples, labels {:?}, {} batches per epoch",
         config.source().display(),
         task.splits.train.len(),
         task.splits.dev.as_ref().map_or(0, |d| d.len()),
         task.splits.test.as_ref().map_or(0, |d| d.len()),
-        task.vocab.names()
+        task.vocab.names(),
+        plan.batches_per_epoch
     );
-    if let Some(f) = config.finetune_schedule(per_epoch)? {
+    let shape = |c: &distillery_models::BertConfig| {
+        format!(
+            "{} layers, {} wide, {} heads",
+            c.num_hidden_layers, c.hidden_size, c.num_attention_heads
+        )
+    };
+    println!(
+        "teacher: {}; student: {}",
+        shape(&plan.teacher_config),
+        shape(&plan.student_config)
+    );
+    if let Some(f) = &plan.finetune {
         println!("teacher fine-tuning: {} steps", f.total_steps());
     }
-    for &c in choices {
-        let s = config.schedule(c, per_epoch)?;
+    for (c, s) in &plan.schedules {
         println!("{}:", c.name());
         for st in &s.stages {
             let losses: Vec<String> = st

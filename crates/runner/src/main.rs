@@ -16,6 +16,7 @@ mod fingerprint;
 mod inspect;
 mod jobs;
 mod observe;
+mod plan;
 mod plot;
 mod records;
 mod report;

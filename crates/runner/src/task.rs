@@ -5,11 +5,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use candle_core::Device;
 use distillery_data::synthetic;
 use distillery_data::{
-    load_splits, split, Dataset, LabelOrder, LabelVocab, SplitFractions, Splits,
+    load_splits, split, BatchConfig, Batcher, Cursor, Dataset, LabelOrder, LabelVocab,
+    SplitFractions, Splits,
 };
 use distillery_models::{BertConfig, TextTokenizer};
+use distillery_stages::EvalSet;
 
 use crate::config::{Config, TeacherSource, DEFAULT_SPLIT};
 
@@ -37,7 +40,11 @@ pub fn teacher_folder_config(config: &Config) -> Result<Option<(PathBuf, BertCon
 /// Reads (or generates) the data and loads the tokenizer. Writes nothing but, for the synthetic
 /// task, its tokenizer into `scratch`; [`Task::persist`] writes into the output folder once the
 /// runner has checked that it may.
-pub fn prepare(config: &Config, scratch: &Path) -> Result<Task> {
+pub fn prepare(
+    config: &Config,
+    scratch: &Path,
+    teacher_folder: Option<&(PathBuf, BertConfig)>,
+) -> Result<Task> {
     let (splits, tokenizer_dir) = match config.synthetic_config() {
         Some(syn) => {
             let data = synthetic::generate(&syn)?;
@@ -54,13 +61,13 @@ pub fn prepare(config: &Config, scratch: &Path) -> Result<Task> {
             let spec = config.split_spec().context(
                 "the config names no data (give `data.path`, `data.train` or [data.synthetic])",
             )?;
-            let Some((dir, _)) = teacher_folder_config(config)? else {
+            let Some((dir, _)) = teacher_folder else {
                 bail!(
                     "{}: key `teacher.random`: a from-scratch teacher needs [data.synthetic] (it has no tokenizer for real text); give `teacher.path`",
                     config.source().display()
                 );
             };
-            (load_splits(&spec, &config.read_config())?, dir)
+            (load_splits(&spec, &config.read_config())?, dir.clone())
         }
     };
     for s in std::iter::once(&splits.train)
@@ -75,7 +82,7 @@ pub fn prepare(config: &Config, scratch: &Path) -> Result<Task> {
     let tokenizer = TextTokenizer::from_file(&tok_path, config.data.max_len)
         .with_context(|| format!("loading the tokenizer {}", tok_path.display()))?;
     // A teacher whose head is used as is fixes the label ids; otherwise they are sorted.
-    let vocab = match teacher_folder_config(config)? {
+    let vocab = match teacher_folder {
         Some((_, cfg)) if config.teacher.finetune.is_none() && !cfg.labels.is_empty() => {
             LabelVocab::from_names(cfg.labels.iter().cloned())?
         }
@@ -111,6 +118,45 @@ pub fn prepare(config: &Config, scratch: &Path) -> Result<Task> {
 }
 
 impl Task {
+    /// The training batches: shuffled by `config`, from the start or from a checkpoint's
+    /// cursor. The one place that builds a task's batchers.
+    pub fn train_batcher(
+        &self,
+        config: BatchConfig,
+        cursor: Option<&Cursor>,
+    ) -> Result<Batcher<'_>> {
+        let (data, tok, vocab) = (&self.splits.train, &self.tokenizer, Some(&self.vocab));
+        Ok(match cursor {
+            Some(c) => Batcher::from_cursor(data, tok, vocab, config, c)?,
+            None => Batcher::new(data, tok, vocab, config)?,
+        })
+    }
+
+    /// The training examples in file order, `batch_size` at a time (the teacher cache).
+    pub fn train_in_order(&self, batch_size: usize) -> Result<Batcher<'_>> {
+        self.train_batcher(BatchConfig::in_order(batch_size), None)
+    }
+
+    /// `split` (dev or test) as an evaluation set.
+    pub fn eval_set(&self, split: &Dataset, batch_size: usize, device: &Device) -> Result<EvalSet> {
+        Ok(EvalSet::new(
+            split,
+            &self.tokenizer,
+            &self.vocab,
+            batch_size,
+            device,
+        )?)
+    }
+
+    /// The dev split as an evaluation set, when there is one.
+    pub fn dev_set(&self, batch_size: usize, device: &Device) -> Result<Option<EvalSet>> {
+        self.splits
+            .dev
+            .as_ref()
+            .map(|d| self.eval_set(d, batch_size, device))
+            .transpose()
+    }
+
     /// A digest of every example of every split (text, pair, label, in order): part of the
     /// output folder's fingerprint, so that changed data is never mixed into a resumed run.
     pub fn digest(&self) -> u64 {

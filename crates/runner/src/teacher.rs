@@ -8,18 +8,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
-use distillery_data::Batcher;
 use distillery_models::{
     load_model, random_student, save_model, with_new_head, Activation, BertConfig, BertModel,
     LoadOptions,
 };
-use distillery_stages::{CheckpointDir, EvalSet, Metrics, Models, Trainer, TrainerConfig};
+use distillery_stages::{CheckpointDir, Metrics, Models, Trainer, TrainerConfig};
 use distillery_util::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, TeacherSource};
 use crate::faults::fault_step;
 use crate::observe::{MetricsFile, Progress};
+use crate::plan::Plan;
 use crate::task::Task;
 
 /// The teacher's scores, stored beside it (`teacher.json`); its presence marks a finished
@@ -52,15 +52,9 @@ pub fn scores(
     let eval = |d: &Option<distillery_data::Dataset>| -> Result<Option<Metrics>> {
         d.as_ref()
             .map(|d| {
-                EvalSet::new(
-                    d,
-                    &task.tokenizer,
-                    &task.vocab,
-                    config.data.eval_batch_size,
-                    model.device(),
-                )?
-                .evaluate(model)
-                .map_err(anyhow::Error::from)
+                task.eval_set(d, config.data.eval_batch_size, model.device())?
+                    .evaluate(model)
+                    .map_err(anyhow::Error::from)
             })
             .transpose()
     };
@@ -90,36 +84,16 @@ pub fn from_scratch_config(
     }
 }
 
-/// The teacher's and the student's configs as the run will build them, so that shape errors
-/// (layer maps, widths, heads, vocabularies) surface before any training.
-pub fn planned_configs(config: &Config, task: &Task) -> Result<(BertConfig, BertConfig)> {
-    let teacher = match config.teacher_source()? {
-        TeacherSource::Folder(dir) => {
-            let p = dir.join("config.json");
-            BertConfig::from_file(&p).with_context(|| format!("teacher `{}`", dir.display()))?
-        }
-        TeacherSource::Random(spec) => from_scratch_config(config, task, &spec),
-    };
-    let student = match config.student_source()? {
-        crate::config::StudentSource::TeacherLayers(layers) => BertConfig {
-            num_hidden_layers: layers.len(),
-            ..teacher.clone()
-        },
-        crate::config::StudentSource::Random(spec) => spec
-            .config(&teacher)
-            .with_context(|| format!("{}: key `student`", config.source().display()))?,
-    };
-    Ok((teacher, student))
-}
-
-/// The frozen teacher for `task`, fine-tuning (and saving) it first when the config says so.
+/// The frozen teacher for the plan's task, fine-tuning (and saving) it first when the config
+/// says so.
 pub fn prepare(
     config: &Config,
-    task: &Task,
+    plan: &Plan,
     out: &Path,
     device: &Device,
     quiet: bool,
 ) -> Result<Teacher> {
+    let task = &plan.task;
     let frozen = LoadOptions {
         trainable: false,
         dtype: DType::F32,
@@ -193,41 +167,15 @@ pub fn prepare(
             device,
         )?,
     };
-    let mut train = Batcher::new(
-        &task.splits.train,
-        &task.tokenizer,
-        Some(&task.vocab),
-        config.train_batches(),
-    )?;
-    let schedule = config
-        .finetune_schedule(train.batches_per_epoch())?
-        .context("no [teacher.finetune]")?;
-    let dev = task
-        .splits
-        .dev
-        .as_ref()
-        .map(|d| {
-            EvalSet::new(
-                d,
-                &task.tokenizer,
-                &task.vocab,
-                config.data.eval_batch_size,
-                device,
-            )
-        })
-        .transpose()?;
+    let schedule = plan.finetune.as_ref().context("no [teacher.finetune]")?;
+    let dev = task.dev_set(config.data.eval_batch_size, device)?;
     let ckpt = CheckpointDir::new(out.join("teacher-checkpoints"), 1)
         .abort_while_writing(fault_step("DISTILLERY_ABORT_IN_CHECKPOINT", "teacher"));
     let resume = ckpt.latest(device)?;
-    if let Some(c) = &resume {
-        train = Batcher::from_cursor(
-            &task.splits.train,
-            &task.tokenizer,
-            Some(&task.vocab),
-            config.train_batches(),
-            &c.state.cursor,
-        )?;
-    }
+    let mut train = task.train_batcher(
+        config.train_batches(),
+        resume.as_ref().map(|c| &c.state.cursor),
+    )?;
     let no_projections = VarMap::new();
     let start = std::time::Instant::now();
     let mut trainer = Trainer::new(
@@ -253,7 +201,7 @@ pub fn prepare(
     )?;
     let outcome = trainer
         .run(
-            &schedule,
+            schedule,
             &mut train,
             &mut [&mut progress, &mut metrics],
             resume.as_ref(),
