@@ -23,7 +23,7 @@ use distillery_models::{
 };
 use distillery_stages::{
     terms, AdamW, CacheConfig, Decay, Event, LrSchedule, Models, Observer, ParamGroups, Schedule,
-    Stage, TeacherCache, TeacherNeeds, Trainer, TrainerConfig,
+    Stage, TeacherCache, Trainer, TrainerConfig,
 };
 
 use crate::util;
@@ -299,7 +299,7 @@ pub fn child(model_dir: &str, iters: usize, mode: &str, student_hidden: usize) -
     let cache = match mode {
         "teacher" => None,
         "cache" => {
-            let needs = TeacherNeeds::of(&schedule, 3, teacher.config.num_hidden_layers)?;
+            let needs = schedule.teacher_needs(3, teacher.config.num_hidden_layers)?;
             let mut in_order =
                 Batcher::new(&data, &tok, Some(&vocab), BatchConfig::in_order(BATCH))?;
             Some(TeacherCache::build(

@@ -133,10 +133,12 @@ mod tests {
     const NOT_A_LOSS: &str = "tidy: not a loss name";
 
     /// 1-based lines of `text` holding a loss name as a whole string literal, unless the line
-    /// says it means something else (`// tidy: not a loss name`).
+    /// says it means something else (`// tidy: not a loss name`) or is in the unit tests.
     fn loss_name_literals(text: &str, names: &[String]) -> Vec<usize> {
         text.lines()
             .enumerate()
+            // A file's unit tests (from its `#[cfg(test)]` on) are tests, which are excepted.
+            .take_while(|(_, line)| line.trim() != "#[cfg(test)]")
             .filter(|(_, line)| !line.contains(NOT_A_LOSS))
             .filter(|(_, line)| {
                 let code = line.split("//").next().unwrap_or("");
@@ -149,7 +151,7 @@ mod tests {
     #[test]
     fn the_loss_name_rule_finds_literals_and_honours_the_marker() {
         let names = vec!["logit".to_string(), "hidden".to_string()];
-        let text = "let a = \"logit\";\nlet b = \"logits\";\n// \"hidden\" in a comment\nlet c = (\"hidden\", 1); // tidy: not a loss name\nf(\"hidden\")\n";
+        let text = "let a = \"logit\";\nlet b = \"logits\";\n// \"hidden\" in a comment\nlet c = (\"hidden\", 1); // tidy: not a loss name\nf(\"hidden\")\n#[cfg(test)]\nf(\"logit\")\n";
         assert_eq!(loss_name_literals(text, &names), [1, 5]);
     }
 
@@ -178,6 +180,35 @@ mod tests {
             bad.is_empty(),
             "read loss names from distillery_stages::terms (names(), the term's name()), or mark \
              a same-spelled word that is not a loss with `// {NOT_A_LOSS}`:\n{}",
+            bad.join("\n")
+        );
+    }
+
+    /// The teacher cache stores a plain description of what to keep ([`TeacherNeeds`]); it
+    /// never learns schedules or loss terms (`Schedule::teacher_needs` derives the description).
+    #[test]
+    fn the_cache_knows_no_schedule_or_term() {
+        let mut files = Vec::new();
+        rust_files(&root().join("crates/stages/src/cache"), &mut files);
+        assert!(files.len() >= 4, "found {} cache files", files.len());
+        let bad: Vec<String> = files
+            .iter()
+            .flat_map(|f| {
+                let text = std::fs::read_to_string(f).unwrap_or_default();
+                text.lines()
+                    .enumerate()
+                    .filter(|(_, l)| {
+                        ["crate::schedule", "crate::terms", "crate::presets"]
+                            .iter()
+                            .any(|m| l.contains(m))
+                    })
+                    .map(|(i, l)| format!("{}:{}: {}", rel(f), i + 1, l.trim()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "the cache imports schedule types:\n{}",
             bad.join("\n")
         );
     }

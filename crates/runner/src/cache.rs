@@ -14,9 +14,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use candle_core::DType;
 use distillery_stages::cache::human_bytes;
-use distillery_stages::{
-    example_lengths, CacheConfig, Probe, Schedule, TeacherCache, TeacherNeeds,
-};
+use distillery_stages::{example_lengths, CacheConfig, Probe, Schedule, TeacherCache};
 use distillery_util::hash::{xxh64_file, Hasher};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -73,11 +71,7 @@ pub fn prepare(
     let Some(section) = &config.teacher_cache else {
         return Ok(None);
     };
-    let needs = TeacherNeeds::of(
-        schedule,
-        student_layers,
-        teacher.model.config.num_hidden_layers,
-    )?;
+    let needs = schedule.teacher_needs(student_layers, teacher.model.config.num_hidden_layers)?;
     let cfg = cache_config(section);
     let dir = section
         .dir

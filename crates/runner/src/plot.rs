@@ -687,7 +687,7 @@ mod tests {
         c.markers = vec![
             Marker {
                 x: 100.0,
-                label: "hidden".into(), // tidy: not a loss name (a test label)
+                label: "hidden".into(),
             },
             Marker {
                 x: 300.0,

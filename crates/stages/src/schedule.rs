@@ -1,8 +1,9 @@
 //! A schedule is a list of stages; a stage says which losses train which parameters for how long.
 
+use crate::cache::TeacherNeeds;
 use crate::error::{Result, StageError};
 use crate::lr::LrSchedule;
-use crate::terms::Weighted;
+use crate::terms::{Layers, Weighted};
 
 /// AdamW hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,6 +55,25 @@ pub struct Stage {
     pub eval_every: usize,
     /// Checkpoint every this many steps (0: only at the stage end).
     pub checkpoint_every: usize,
+}
+
+impl Stage {
+    /// What this stage's terms read of the teacher (see [`Schedule::teacher_needs`]).
+    pub fn teacher_needs(
+        &self,
+        student_layers: usize,
+        teacher_layers: usize,
+    ) -> Result<TeacherNeeds> {
+        let layers = Layers {
+            student: student_layers,
+            teacher: teacher_layers,
+        };
+        let mut n = TeacherNeeds::default();
+        for t in &self.losses {
+            n.add(&t.term.reads(layers)?);
+        }
+        Ok(n)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -115,6 +135,21 @@ impl Schedule {
 
     pub fn total_steps(&self) -> usize {
         self.stages.iter().map(|s| s.steps).sum()
+    }
+
+    /// Exactly what the schedule's terms read of a teacher of `teacher_layers` layers when the
+    /// student has `student_layers` (each term's layer map resolved as the trainer resolves it,
+    /// so a bad map is the same error here): what a teacher cache must hold.
+    pub fn teacher_needs(
+        &self,
+        student_layers: usize,
+        teacher_layers: usize,
+    ) -> Result<TeacherNeeds> {
+        let mut n = TeacherNeeds::default();
+        for stage in &self.stages {
+            n.add(&stage.teacher_needs(student_layers, teacher_layers)?);
+        }
+        Ok(n)
     }
 
     pub fn needs_teacher(&self) -> bool {

@@ -63,7 +63,7 @@ pub struct Models<'a> {
     pub projection_vars: Option<&'a VarMap>,
     /// The teacher's outputs over the training set, read instead of running the teacher (the
     /// teacher may then be `None`). Must hold everything the schedule reads
-    /// ([`TeacherNeeds::of`]); checked when the run starts.
+    /// ([`Schedule::teacher_needs`]); checked when the run starts.
     pub teacher_cache: Option<&'a TeacherCache>,
 }
 
@@ -143,7 +143,7 @@ fn prepare(stage: &Stage, models: &Models<'_>) -> Result<Prepared> {
         }
         return Ok(Prepared { needs: None });
     }
-    let needs = TeacherNeeds::of_stage(stage, layers(models).student, layers(models).teacher)?;
+    let needs = stage.teacher_needs(layers(models).student, layers(models).teacher)?;
     Ok(Prepared { needs: Some(needs) })
 }
 
@@ -162,11 +162,7 @@ fn check_cache(schedule: &Schedule, models: &Models<'_>) -> Result<()> {
             )));
         }
     }
-    let needs = TeacherNeeds::of(
-        schedule,
-        models.student.config.num_hidden_layers,
-        shape.layers,
-    )?;
+    let needs = schedule.teacher_needs(models.student.config.num_hidden_layers, shape.layers)?;
     if let Some(k) = cache.top_k() {
         let mse = schedule
             .stages

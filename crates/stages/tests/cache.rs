@@ -587,7 +587,7 @@ fn max_param_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
 }
 
 fn schedule_needs(schedule: &Schedule) -> TeacherNeeds {
-    TeacherNeeds::of(schedule, 2, 3).unwrap()
+    schedule.teacher_needs(2, 3).unwrap()
 }
 
 /// (b) On aligned data a run reading the f32 cache (and given no teacher) ends with the same
@@ -896,9 +896,9 @@ fn needs_of_each_preset_are_exactly_what_the_losses_read() {
     };
     for p in Preset::ALL {
         let sch = expand(p, &s).unwrap();
-        assert_eq!(TeacherNeeds::of(&sch, 2, 3).unwrap(), want, "{}", p.name());
+        assert_eq!(sch.teacher_needs(2, 3).unwrap(), want, "{}", p.name());
         assert_eq!(
-            TeacherNeeds::of(&sch, 2, 6).unwrap().hidden,
+            sch.teacher_needs(2, 6).unwrap().hidden,
             set(&[0, 3, 6]),
             "{}",
             p.name()
@@ -926,7 +926,7 @@ fn needs_of_each_preset_are_exactly_what_the_losses_read() {
     );
     let sch = expand(Preset::TwoStage, &s2).unwrap();
     assert_eq!(
-        TeacherNeeds::of(&sch, 2, 3).unwrap(),
+        sch.teacher_needs(2, 3).unwrap(),
         TeacherNeeds {
             logits: true,
             hidden: set(&[2, 3]),
@@ -945,7 +945,7 @@ fn needs_of_each_preset_are_exactly_what_the_losses_read() {
         1.0,
     )];
     assert_eq!(
-        TeacherNeeds::of(&only_attention, 2, 3).unwrap(),
+        only_attention.teacher_needs(2, 3).unwrap(),
         TeacherNeeds {
             logits: false,
             hidden: set(&[]),
@@ -968,7 +968,7 @@ fn needs_of_each_preset_are_exactly_what_the_losses_read() {
     // Hard labels only: nothing.
     let mut ft = only_attention.clone();
     ft.stages[0].losses = vec![terms::hard_label(1.0)];
-    assert!(TeacherNeeds::of(&ft, 2, 3).unwrap().is_empty());
+    assert!(ft.teacher_needs(2, 3).unwrap().is_empty());
     // A bad map is the trainer's error.
     only_attention.stages[0].losses[0] = terms::attention(
         AttentionLoss {
@@ -977,9 +977,7 @@ fn needs_of_each_preset_are_exactly_what_the_losses_read() {
         LayerMap::Explicit(vec![1, 7]),
         1.0,
     );
-    let err = TeacherNeeds::of(&only_attention, 2, 3)
-        .unwrap_err()
-        .to_string();
+    let err = only_attention.teacher_needs(2, 3).unwrap_err().to_string();
     assert!(err.contains("teacher layer 7"), "{err}");
 }
 

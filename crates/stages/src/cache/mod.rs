@@ -2,7 +2,7 @@
 //! training set and read back memory-mapped in every later step, epoch and stage.
 //!
 //! ```text
-//! needs  = TeacherNeeds::of(&schedule, student_layers, teacher_layers)?
+//! needs  = schedule.teacher_needs(student_layers, teacher_layers)?
 //! bytes  = TeacherCache::estimate(&example_lengths(&mut in_order)?, &needs, &teacher.config, &cfg)
 //! cache  = match TeacherCache::open(dir, key, &needs, &cfg)? {
 //!              Some(c) => c,

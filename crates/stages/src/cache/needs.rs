@@ -1,4 +1,5 @@
-//! Which teacher tensors a schedule's losses read: the union of its terms' reads.
+//! Which teacher tensors to store or keep: a plain description (the union of a schedule's
+//! terms' reads is [`crate::Schedule::teacher_needs`]); the cache knows no schedule type.
 
 use std::collections::BTreeSet;
 
@@ -7,8 +8,6 @@ use distillery_models::BertOutput;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::schedule::{Schedule, Stage};
-use crate::terms::Layers;
 
 /// The teacher outputs a schedule reads, layers numbered as `BertOutput::hidden_states` (0 is
 /// the embedding output, 1..=N the encoder layers). Q/K/V layers are 1-based: layer `l` is
@@ -20,48 +19,14 @@ pub struct TeacherNeeds {
     pub logits: bool,
     /// Hidden states; 0 when a hidden-state term includes the embeddings.
     pub hidden: BTreeSet<usize>,
-    /// Q/K/V projections per layer, as each term's [`crate::terms::LossTerm::reads`] says
-    /// (the attention KL and score MSE read Q and K, a relation the projections it relates).
+    /// Q/K/V projections per layer (the attention KL and score MSE read Q and K, a relation
+    /// the projections it relates).
     pub q: BTreeSet<usize>,
     pub k: BTreeSet<usize>,
     pub v: BTreeSet<usize>,
 }
 
 impl TeacherNeeds {
-    /// Exactly what `schedule`'s losses read of a teacher of `teacher_layers` layers when the
-    /// student has `student_layers` (each term's layer map resolved as the trainer resolves
-    /// it, so a bad map is the same error here).
-    pub fn of(schedule: &Schedule, student_layers: usize, teacher_layers: usize) -> Result<Self> {
-        let mut n = Self::default();
-        for stage in &schedule.stages {
-            n.add_stage(stage, student_layers, teacher_layers)?;
-        }
-        Ok(n)
-    }
-
-    /// What one stage's losses read.
-    pub fn of_stage(stage: &Stage, student_layers: usize, teacher_layers: usize) -> Result<Self> {
-        let mut n = Self::default();
-        n.add_stage(stage, student_layers, teacher_layers)?;
-        Ok(n)
-    }
-
-    fn add_stage(
-        &mut self,
-        stage: &Stage,
-        student_layers: usize,
-        teacher_layers: usize,
-    ) -> Result<()> {
-        let layers = Layers {
-            student: student_layers,
-            teacher: teacher_layers,
-        };
-        for t in &stage.losses {
-            self.add(&t.term.reads(layers)?);
-        }
-        Ok(())
-    }
-
     /// Adds what `other` reads.
     pub fn add(&mut self, other: &TeacherNeeds) {
         self.logits |= other.logits;
