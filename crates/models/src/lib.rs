@@ -1,4 +1,5 @@
-//! `distillery-models`: a BERT-family encoder for distillation.
+//! `distillery-models`: a BERT-family encoder and a LLaMA-family decoder ([`llama`]) for
+//! distillation.
 //!
 //! Its forward returns one plain [`BertOutput`] with every intermediate a distillation loss may
 //! need (embedding output, every layer's hidden states, per-head Q/K/V, optional attention maps,
@@ -11,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod hub;
 pub mod layers;
+pub mod llama;
 pub mod output;
 pub mod params;
 pub use distillery_util::rng;

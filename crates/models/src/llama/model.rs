@@ -1,0 +1,265 @@
+//! The LLaMA-family decoder: token embedding, blocks of RMSNorm → grouped-query self-attention
+//! with rotary positions (causal, padding keys masked) → residual, RMSNorm → SwiGLU MLP →
+//! residual; a final RMSNorm and the output projection (tied to the embedding or not). Built
+//! from plain candle ops, so every operation has a gradient; the fused CPU versions come next.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use super::config::LlamaConfig;
+use crate::error::{ModelError, Result};
+use crate::params::{Init, ParamBuilder};
+
+/// What a forward returns: everything a distillation loss or a perplexity needs.
+#[derive(Debug, Clone)]
+pub struct DecoderOutput {
+    /// `hidden_states[0]` is the embedding output, `hidden_states[l]` block l's output (1-based,
+    /// before the final norm), each [batch, seq, hidden].
+    pub hidden_states: Vec<Tensor>,
+    /// The final norm of the last block's output, [batch, seq, hidden].
+    pub last_hidden: Tensor,
+    /// Next-token logits per position, [batch, seq, vocab].
+    pub logits: Tensor,
+    /// The padding mask the forward used, f32 [batch, seq] (1 = token).
+    pub mask: Tensor,
+}
+
+#[derive(Debug, Clone)]
+struct Proj {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Proj {
+    fn new(pb: &ParamBuilder, name: &str, input: usize, output: usize, bias: bool) -> Result<Self> {
+        let std = 1.0 / (input as f64).sqrt();
+        Ok(Self {
+            weight: pb.get(
+                &format!("{name}.weight"),
+                &[output, input],
+                Init::Normal(std),
+            )?,
+            bias: bias
+                .then(|| pb.get(&format!("{name}.bias"), &[output], Init::Zeros))
+                .transpose()?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.broadcast_matmul(&self.weight.t()?)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    input_norm: Tensor,
+    q: Proj,
+    k: Proj,
+    v: Proj,
+    o: Proj,
+    post_norm: Tensor,
+    gate: Proj,
+    up: Proj,
+    down: Proj,
+}
+
+#[derive(Debug, Clone)]
+pub struct LlamaModel {
+    pub config: LlamaConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    /// `None` when tied to the embedding.
+    lm_head: Option<Tensor>,
+    /// Rotary inverse frequencies, f32 [1, 1, head_dim / 2].
+    inv_freq: Tensor,
+}
+
+/// `x / √(mean(x²) + ε) · w` over the last dimension, in f32.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?;
+    let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(x.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(w)?)
+}
+
+/// `[-x₂, x₁]` for `x = [x₁, x₂]` split in halves along the last dimension.
+fn rotate_half(x: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    Ok(Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?)
+}
+
+impl LlamaModel {
+    /// Builds the model from `pb` (Hugging Face `LlamaForCausalLM` names).
+    pub fn build(config: LlamaConfig, pb: &ParamBuilder) -> Result<Self> {
+        let c = &config;
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let embed = pb.get(
+            "model.embed_tokens.weight",
+            &[c.vocab_size, h],
+            Init::Normal(0.02),
+        )?;
+        let mut blocks = Vec::with_capacity(c.num_hidden_layers);
+        for l in 0..c.num_hidden_layers {
+            let p = |s: &str| format!("model.layers.{l}.{s}");
+            blocks.push(Block {
+                input_norm: pb.get(&p("input_layernorm.weight"), &[h], Init::Ones)?,
+                q: Proj::new(
+                    pb,
+                    &p("self_attn.q_proj"),
+                    h,
+                    c.num_attention_heads * hd,
+                    c.qkv_bias,
+                )?,
+                k: Proj::new(
+                    pb,
+                    &p("self_attn.k_proj"),
+                    h,
+                    c.num_key_value_heads * hd,
+                    c.qkv_bias,
+                )?,
+                v: Proj::new(
+                    pb,
+                    &p("self_attn.v_proj"),
+                    h,
+                    c.num_key_value_heads * hd,
+                    c.qkv_bias,
+                )?,
+                o: Proj::new(
+                    pb,
+                    &p("self_attn.o_proj"),
+                    c.num_attention_heads * hd,
+                    h,
+                    false,
+                )?,
+                post_norm: pb.get(&p("post_attention_layernorm.weight"), &[h], Init::Ones)?,
+                gate: Proj::new(pb, &p("mlp.gate_proj"), h, c.intermediate_size, false)?,
+                up: Proj::new(pb, &p("mlp.up_proj"), h, c.intermediate_size, false)?,
+                down: Proj::new(pb, &p("mlp.down_proj"), c.intermediate_size, h, false)?,
+            });
+        }
+        let norm = pb.get("model.norm.weight", &[h], Init::Ones)?;
+        let lm_head = (!c.tie_word_embeddings)
+            .then(|| pb.get("lm_head.weight", &[c.vocab_size, h], Init::Normal(0.02)))
+            .transpose()?;
+        let inv: Vec<f32> = c.inv_freq().iter().map(|&f| f as f32).collect();
+        let inv_freq = Tensor::from_vec(inv, (1, 1, hd / 2), embed.device())?;
+        Ok(Self {
+            config,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            inv_freq,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
+    /// `input_ids` u32 [batch, seq]; `attention_mask` [batch, seq], 1 for tokens, 0 for padding
+    /// (left or right). Positions count tokens only (`cumsum(mask) − 1`), so a left-padded row
+    /// gives the values it gives unpadded.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<DecoderOutput> {
+        let c = &self.config;
+        let (b, l) = input_ids.dims2()?;
+        if attention_mask.dims() != [b, l] {
+            return Err(ModelError::Input(format!(
+                "attention mask has shape {:?}, expected [{b}, {l}]",
+                attention_mask.dims()
+            )));
+        }
+        let mask = attention_mask.to_dtype(DType::F32)?;
+        let x = self
+            .embed
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((b, l, c.hidden_size))?;
+        let (cos, sin) = self.rotary(&mask)?;
+        let bias = attention_bias(&mask, l)?;
+        let mut hidden_states = vec![x.clone()];
+        let mut x = x;
+        for block in &self.blocks {
+            x = self.block(block, &x, &cos, &sin, &bias)?;
+            hidden_states.push(x.clone());
+        }
+        let last_hidden = rms_norm(&x, &self.norm, c.rms_norm_eps)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let logits = last_hidden.broadcast_matmul(&head.t()?)?;
+        Ok(DecoderOutput {
+            hidden_states,
+            last_hidden,
+            logits,
+            mask,
+        })
+    }
+
+    /// cos and sin of position × frequency, [batch, 1, seq, head_dim] (halves repeated).
+    fn rotary(&self, mask: &Tensor) -> Result<(Tensor, Tensor)> {
+        let pos = (mask.cumsum(1)? - 1.0)?.clamp(0f32, f32::MAX)?;
+        let freqs = pos.unsqueeze(2)?.broadcast_mul(&self.inv_freq)?;
+        let emb = Tensor::cat(&[&freqs, &freqs], D::Minus1)?.unsqueeze(1)?;
+        Ok((emb.cos()?, emb.sin()?))
+    }
+
+    fn block(
+        &self,
+        blk: &Block,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        bias: &Tensor,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, l, _) = x.dims3()?;
+        let (heads, kv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let h = rms_norm(x, &blk.input_norm, c.rms_norm_eps)?;
+        let split = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, l, n, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let rope = |t: &Tensor| -> Result<Tensor> {
+            Ok((t.broadcast_mul(cos)? + rotate_half(t)?.broadcast_mul(sin)?)?)
+        };
+        let q = rope(&split(blk.q.forward(&h)?, heads)?)?;
+        let k = rope(&split(blk.k.forward(&h)?, kv)?)?;
+        let v = split(blk.v.forward(&h)?, kv)?;
+        // Grouped-query attention: query head i reads key/value head i / (heads / kv).
+        let repeat = |t: Tensor| -> Result<Tensor> {
+            if kv == heads {
+                return Ok(t);
+            }
+            Ok(t.unsqueeze(2)?
+                .expand((b, kv, heads / kv, l, hd))?
+                .reshape((b, heads, l, hd))?)
+        };
+        let (k, v) = (repeat(k)?, repeat(v)?);
+        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(bias)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let att = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, l, heads * hd))?;
+        let x = (x + blk.o.forward(&att)?)?;
+        let h = rms_norm(&x, &blk.post_norm, c.rms_norm_eps)?;
+        let mlp = blk
+            .down
+            .forward(&(candle_nn::ops::silu(&blk.gate.forward(&h)?)? * blk.up.forward(&h)?)?)?;
+        Ok((x + mlp)?)
+    }
+}
+
+/// 0 where query i may read key j (j ≤ i and j is a token), the f32 minimum elsewhere (never
+/// −∞, so a row with no key — a padding query — is uniform, not NaN), [batch, 1, seq, seq].
+fn attention_bias(mask: &Tensor, l: usize) -> Result<Tensor> {
+    let causal: Vec<f32> = (0..l)
+        .flat_map(|i| (0..l).map(move |j| if j <= i { 1.0 } else { 0.0 }))
+        .collect();
+    let causal = Tensor::from_vec(causal, (1, 1, l, l), mask.device())?;
+    let b = mask.dim(0)?;
+    let allowed = causal.broadcast_mul(&mask.reshape((b, 1, 1, l))?)?;
+    Ok(((1.0 - allowed)? * f64::from(f32::MIN))?)
+}

@@ -1,0 +1,199 @@
+//! The LLaMA-family decoder against Python `transformers` (scripts/reference/llama_reference.py):
+//! a LLaMA with grouped-query attention, untied embeddings and Llama-3 rope scaling, and a
+//! Qwen2 with q/k/v biases and tied embeddings, on a batch with right and left padding.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use distillery_models::llama::{load_llama, LlamaConfig, LlamaModel, RopeScaling};
+use distillery_models::LoadOptions;
+use serde_json::Value;
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/llama")
+        .join(name)
+}
+
+fn ints(v: &Value) -> Vec<Vec<u32>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .collect()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn tensor(rows: &[Vec<u32>]) -> Tensor {
+    let (b, l) = (rows.len(), rows[0].len());
+    Tensor::from_vec(rows.concat(), (b, l), &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Logits and the final hidden state at every non-padding position within 1e-4 of transformers',
+/// and the sum over all hidden states (transformers' convention: the last one after the norm).
+fn check(name: &str) -> LlamaModel {
+    let model = load_llama(&data(name), &LoadOptions::default()).unwrap();
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(data(name).join("reference.json")).unwrap())
+            .unwrap();
+    let ids = tensor(&ints(&reference["input_ids"]));
+    let mask = tensor(&ints(&reference["attention_mask"]));
+    let out = model.forward(&ids, &mask).unwrap();
+    let layers = model.config.num_hidden_layers;
+    assert_eq!(out.hidden_states.len(), layers + 1);
+    let rows = reference["rows"].as_array().unwrap();
+    assert!(rows.len() >= 20, "{name}: only {} rows", rows.len());
+    let (mut worst_logit, mut worst_hidden) = (0f32, 0f32);
+    for r in rows {
+        let (b, i) = (
+            r["batch"].as_u64().unwrap() as usize,
+            r["position"].as_u64().unwrap() as usize,
+        );
+        let at = |t: &Tensor| t.get(b).unwrap().get(i).unwrap().to_vec1::<f32>().unwrap();
+        let want = floats(&r["logits"]);
+        assert!(
+            want.iter().map(|x| x.abs()).fold(0.0, f32::max) > 1.0,
+            "weak reference"
+        );
+        worst_logit = worst_logit.max(max_diff(&at(&out.logits), &want));
+        worst_hidden =
+            worst_hidden.max(max_diff(&at(&out.last_hidden), &floats(&r["last_hidden"])));
+        let sum: f32 = out.hidden_states[..layers]
+            .iter()
+            .chain(std::iter::once(&out.last_hidden))
+            .map(|h| at(h).iter().sum::<f32>())
+            .sum();
+        let want_sum = r["hidden_sum"].as_f64().unwrap() as f32;
+        assert!(
+            (sum - want_sum).abs() < 1e-4 * want_sum.abs().max(10.0),
+            "{name} [{b}, {i}]: hidden sum {sum} vs {want_sum}"
+        );
+    }
+    assert!(worst_logit < 1e-4, "{name}: logits differ by {worst_logit}");
+    assert!(
+        worst_hidden < 1e-4,
+        "{name}: last hidden state differs by {worst_hidden}"
+    );
+    model
+}
+
+#[test]
+fn llama_with_gqa_untied_and_llama3_rope_matches_transformers() {
+    let m = check("llama");
+    let c = &m.config;
+    assert_eq!((c.num_attention_heads, c.num_key_value_heads), (4, 2));
+    assert!(!c.tie_word_embeddings && !c.qkv_bias);
+    assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { .. }));
+}
+
+#[test]
+fn qwen2_with_qkv_biases_and_tied_embeddings_matches_transformers() {
+    let m = check("qwen2");
+    assert!(m.config.qkv_bias && m.config.tie_word_embeddings);
+    assert_eq!(m.config.rope_theta, 1e6);
+}
+
+#[test]
+fn left_padding_changes_nothing_for_the_tokens() {
+    let model = load_llama(&data("llama"), &LoadOptions::default()).unwrap();
+    let tokens = [12u32, 13, 90, 4, 61, 8];
+    let plain = model
+        .forward(&tensor(&[tokens.to_vec()]), &tensor(&[vec![1; 6]]))
+        .unwrap();
+    let padded_ids = [vec![0, 0, 0], tokens.to_vec()].concat();
+    let padded_mask = [vec![0, 0, 0], vec![1; 6]].concat();
+    let right_ids = [tokens.to_vec(), vec![0, 0, 0]].concat();
+    let right_mask = [vec![1; 6], vec![0, 0, 0]].concat();
+    let out = model
+        .forward(
+            &tensor(&[padded_ids, right_ids]),
+            &tensor(&[padded_mask, right_mask]),
+        )
+        .unwrap();
+    for i in 0..6 {
+        let want = plain
+            .logits
+            .get(0)
+            .unwrap()
+            .get(i)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let left = out
+            .logits
+            .get(0)
+            .unwrap()
+            .get(i + 3)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let right = out
+            .logits
+            .get(1)
+            .unwrap()
+            .get(i)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(
+            max_diff(&left, &want) < 1e-5,
+            "left padding moved position {i}"
+        );
+        assert!(
+            max_diff(&right, &want) < 1e-5,
+            "right padding moved position {i}"
+        );
+    }
+    // A fully padded query row is finite (uniform attention), not NaN.
+    let all = out.logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(all.iter().all(|x| x.is_finite()));
+}
+
+#[test]
+fn configs_that_cannot_load_name_the_field() {
+    let base = r#"{"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2"#;
+    let ok = LlamaConfig::from_json(&format!("{base}}}")).unwrap();
+    assert_eq!(ok.head_dim, 4);
+    assert_eq!(ok.inv_freq(), [1.0, 0.01]);
+    let err = |extra: &str, field: &str| {
+        let e = LlamaConfig::from_json(&format!("{base}{extra}}}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(field), "{e}");
+    };
+    err(r#", "model_type": "gpt2""#, "model_type");
+    err(r#", "num_key_value_heads": 3"#, "num_key_value_heads");
+    err(r#", "hidden_act": "gelu""#, "hidden_act");
+    err(
+        r#", "rope_scaling": {"rope_type": "yarn", "factor": 2.0}"#,
+        "rope_scaling",
+    );
+    err(
+        r#", "rope_scaling": {"rope_type": "llama3", "factor": 2.0}"#,
+        "low_freq_factor",
+    );
+    err(r#", "vocab_size": 0"#, "vocab_size");
+}
