@@ -730,13 +730,21 @@ fn a_run_reading_the_teacher_cache_ends_with_the_same_bits() {
     // in crates/stages/tests/cache.rs).
     let tmp = tempfile::tempdir().unwrap();
     let base = tiny_config("two-stage", 20, "").replace("min_len = 4", "min_len = 8");
-    let plain = write_config(tmp.path(), "plain.toml", &base);
+    let (a, b) = live_and_cached(tmp.path(), &base);
+    assert!(!a.join("teacher-cache").exists());
+    assert!(b.join("teacher-cache/index.json").is_file());
+}
+
+/// Runs `base` with a live teacher into `dir/a` and reading an f32 teacher cache into `dir/b`,
+/// and asserts the two runs have the same step losses and the same student bits.
+fn live_and_cached(dir: &Path, base: &str) -> (PathBuf, PathBuf) {
+    let plain = write_config(dir, "plain.toml", base);
     let cached = write_config(
-        tmp.path(),
+        dir,
         "cached.toml",
         &format!("{base}\n[teacher_cache]\ndtype = \"f32\"\n"),
     );
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (a, b) = (dir.join("a"), dir.join("b"));
     for (cfg, out) in [(&plain, &a), (&cached, &b)] {
         let o = distillery(&[
             "run",
@@ -747,12 +755,11 @@ fn a_run_reading_the_teacher_cache_ends_with_the_same_bits() {
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
     }
-    assert!(b.join("teacher-cache/index.json").is_file());
-    assert!(!a.join("teacher-cache").exists());
     assert_eq!(step_losses(&a), step_losses(&b));
     let same = std::fs::read(a.join("student/model.safetensors")).unwrap()
         == std::fs::read(b.join("student/model.safetensors")).unwrap();
     assert!(same, "the student trained from the cache differs");
+    (a, b)
 }
 
 #[test]
@@ -914,23 +921,7 @@ fn a_minilm_schedule_with_the_value_relation_term_runs_live_and_from_the_cache()
         .replace("min_len = 4", "min_len = 8")
         .replace("total_steps = 0\n", "")
         + "[[distill.stages]]\nname = \"minilm\"\nlosses = [\"attention\", \"value_relation\"]\nsteps = 12\n[losses.value_relation]\nweight = 2.0\n";
-    let plain = write_config(tmp.path(), "plain.toml", &base);
-    let cached = write_config(
-        tmp.path(),
-        "cached.toml",
-        &format!("{base}\n[teacher_cache]\ndtype = \"f32\"\n"),
-    );
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    for (cfg, out) in [(&plain, &a), (&cached, &b)] {
-        let o = distillery(&[
-            "run",
-            cfg.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--quiet",
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
-    }
+    let (a, b) = live_and_cached(tmp.path(), &base);
     let steps: Vec<Value> = read_jsonl(&a.join("metrics.jsonl"))
         .into_iter()
         .filter(|v| v["event"] == "step")
@@ -957,10 +948,6 @@ fn a_minilm_schedule_with_the_value_relation_term_runs_live_and_from_the_cache()
     assert_eq!(index["needs"]["v"], serde_json::json!([2]), "{index}");
     assert_eq!(index["needs"]["q"], serde_json::json!([2]), "{index}");
     assert_eq!(index["needs"]["hidden"], serde_json::json!([]), "{index}");
-    assert_eq!(step_losses(&a), step_losses(&b));
-    let same = std::fs::read(a.join("student/model.safetensors")).unwrap()
-        == std::fs::read(b.join("student/model.safetensors")).unwrap();
-    assert!(same, "the student trained from the cache differs");
     let svg = std::fs::read_to_string(a.join("loss.svg")).unwrap();
     assert!(
         svg.contains("value-relation"),

@@ -102,18 +102,7 @@ fn required(v: Option<i64>, field: &'static str) -> Result<usize> {
 impl BertConfig {
     /// Reads and validates a Hugging Face `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
-        Self::from_json(&text).map_err(|e| match e {
-            ModelError::Config { field, message } => ModelError::Io {
-                path: path.to_path_buf(),
-                message: format!("field `{field}`: {message}"),
-            },
-            ModelError::Input(message) => ModelError::Json {
-                path: path.to_path_buf(),
-                message,
-            },
-            other => other,
-        })
+        read_config_file(path, Self::from_json)
     }
 
     pub fn from_json(text: &str) -> Result<Self> {
@@ -305,6 +294,22 @@ fn labels_from(raw: &RawConfig) -> Result<Vec<String>> {
     }
     let n = required(raw.num_labels.or(Some(2)), "num_labels")?;
     Ok((0..n).map(|i| format!("LABEL_{i}")).collect())
+}
+
+/// Reads a `config.json` with `parse`; a bad field or bad JSON names the file.
+pub(crate) fn read_config_file<T>(path: &Path, parse: impl Fn(&str) -> Result<T>) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    parse(&text).map_err(|e| match e {
+        ModelError::Config { field, message } => ModelError::Io {
+            path: path.to_path_buf(),
+            message: format!("field `{field}`: {message}"),
+        },
+        ModelError::Input(message) => ModelError::Json {
+            path: path.to_path_buf(),
+            message,
+        },
+        other => other,
+    })
 }
 
 #[cfg(test)]

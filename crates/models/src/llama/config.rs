@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::error::{io_err, ModelError, Result};
+use crate::error::{ModelError, Result};
 
 /// How rotary frequencies are scaled for long contexts.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,18 +95,7 @@ fn required(field: &'static str, v: Option<usize>) -> Result<usize> {
 
 impl LlamaConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
-        Self::from_json(&text).map_err(|e| match e {
-            ModelError::Config { field, message } => ModelError::Io {
-                path: path.to_path_buf(),
-                message: format!("field `{field}`: {message}"),
-            },
-            ModelError::Input(message) => ModelError::Json {
-                path: path.to_path_buf(),
-                message,
-            },
-            other => other,
-        })
+        crate::config::read_config_file(path, Self::from_json)
     }
 
     pub fn from_json(text: &str) -> Result<Self> {
