@@ -8,11 +8,28 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+
+
+def causal_lm(folder, exp):
+    """A decoder student: logits at every token of a padded batch, positions counting tokens."""
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = torch.tensor(exp["input_ids"])
+    mask = torch.tensor(exp["attention_mask"])
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    want = torch.tensor(exp["logits"])
+    valid = mask.bool()
+    worst = (logits[valid] - want[valid]).abs().max().item()
+    print(json.dumps({"max_abs_diff_logits": worst, "architecture": model.config.architectures}))
+    sys.exit(0 if worst <= 1e-4 else 1)
 
 
 def main(folder):
     exp = json.load(open(os.path.join(folder, "expected.json")))
+    if exp.get("kind") == "causal-lm":
+        causal_lm(folder, exp)
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     assert model.config.id2label == {0: "negative", 1: "positive"}, model.config.id2label

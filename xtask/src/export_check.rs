@@ -1,11 +1,17 @@
 //! `cargo xtask export-check`: a student distillery saves is loaded by Python `transformers`
-//! (AutoModelForSequenceClassification + AutoTokenizer) and gives the same logits and embeddings.
-//! The student: all-MiniLM-L6-v2 layers 0, 2, 4 with a fresh two-label head.
+//! and gives the same outputs. The BERT student: all-MiniLM-L6-v2 layers 0, 2, 4 with a fresh
+//! two-label head (AutoModelForSequenceClassification + AutoTokenizer: logits and embeddings).
+//! The decoder students (AutoModelForCausalLM: logits at every token of a padded batch): the
+//! tiny test LLaMA's second block alone (GQA, untied, Llama-3 rope), and a seeded random
+//! Qwen2-shaped one (q/k/v biases, tied).
 
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
+use distillery_models::llama::{
+    llama_from_layers, load_llama, random_llama, save_llama, LlamaShape,
+};
 use distillery_models::{
     load_model, mean_pool, save_model, student_from_teacher, with_new_head, ForwardOptions,
     LoadOptions, TextInput, TextTokenizer,
@@ -53,7 +59,7 @@ pub fn run() -> Result<()> {
     let Some(py) = util::python_with_torch() else {
         bail!("needs a Python with torch and transformers")
     };
-    let status = Command::new(py)
+    let status = Command::new(&py)
         .arg(util::root().join("scripts/reference/check_export.py"))
         .arg(&dir)
         .status()?;
@@ -64,6 +70,54 @@ pub fn run() -> Result<()> {
         );
     }
     println!("export check passed ({})", dir.display());
+    causal_lm(&py)
+}
+
+/// The two decoder students, saved and compared in transformers.
+fn causal_lm(py: &str) -> Result<()> {
+    let data = util::root().join("crates/models/tests/data/llama");
+    let llama = load_llama(&data.join("llama"), &LoadOptions::default())?;
+    let qwen = load_llama(&data.join("qwen2"), &LoadOptions::default())?;
+    let shape = LlamaShape {
+        layers: 2,
+        hidden: 16,
+        heads: 4,
+        kv_heads: 2,
+        intermediate: 24,
+    };
+    let students = [
+        ("llama-layer-1", llama_from_layers(&llama, &[1], false)?.0),
+        (
+            "qwen2-random",
+            random_llama(&qwen.config, &shape, 5, false, &Device::Cpu)?.0,
+        ),
+    ];
+    let ids = vec![vec![5u32, 17, 33, 2, 71, 0], vec![0, 0, 12, 13, 90, 4]];
+    let mask = vec![vec![1u32, 1, 1, 1, 1, 0], vec![0, 0, 1, 1, 1, 1]];
+    let t = |v: &Vec<Vec<u32>>| candle_core::Tensor::new(v.clone(), &Device::Cpu);
+    for (name, student) in students {
+        let dir = util::root().join("target/export-check").join(name);
+        save_llama(&student, &dir, None)?;
+        let logits = student
+            .forward(&t(&ids)?, &t(&mask)?)?
+            .logits
+            .to_vec3::<f32>()?;
+        let expected = serde_json::json!({
+            "kind": "causal-lm", "input_ids": ids, "attention_mask": mask, "logits": logits,
+        });
+        std::fs::write(dir.join("expected.json"), expected.to_string())?;
+        let status = Command::new(py)
+            .arg(util::root().join("scripts/reference/check_export.py"))
+            .arg(&dir)
+            .status()?;
+        if !status.success() {
+            bail!(
+                "transformers disagrees with distillery on {}",
+                dir.display()
+            );
+        }
+        println!("export check passed ({})", dir.display());
+    }
     Ok(())
 }
 

@@ -6,7 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use distillery_models::llama::{load_llama, LlamaConfig, LlamaModel, RopeScaling};
+use distillery_models::llama::{
+    llama_from_layers, load_llama, random_llama, save_llama, LlamaConfig, LlamaModel, LlamaShape,
+    RopeScaling,
+};
 use distillery_models::LoadOptions;
 use serde_json::Value;
 
@@ -196,4 +199,90 @@ fn configs_that_cannot_load_name_the_field() {
         "low_freq_factor",
     );
     err(r#", "vocab_size": 0"#, "vocab_size");
+}
+
+fn logits(m: &LlamaModel) -> Vec<f32> {
+    let ids = tensor(&[vec![5, 17, 33, 2, 71], vec![0, 0, 12, 13, 90]]);
+    let mask = tensor(&[vec![1; 5], vec![0, 0, 1, 1, 1]]);
+    m.forward(&ids, &mask)
+        .unwrap()
+        .logits
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+#[test]
+fn a_saved_model_loads_back_bit_for_bit() {
+    for name in ["llama", "qwen2"] {
+        let m = load_llama(&data(name), &LoadOptions::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        save_llama(&m, dir.path(), None).unwrap();
+        for f in ["config.json", "model.safetensors", "generation_config.json"] {
+            assert!(dir.path().join(f).is_file(), "{name}: no {f}");
+        }
+        let back = load_llama(dir.path(), &LoadOptions::default()).unwrap();
+        assert_eq!(back.config, m.config, "{name}");
+        assert_eq!(logits(&back), logits(&m), "{name}");
+        // Tied embeddings stay tied: no lm_head.weight is written.
+        let names: Vec<String> = back.named_tensors().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names.contains(&"lm_head.weight".to_string()),
+            !m.config.tie_word_embeddings
+        );
+    }
+}
+
+#[test]
+fn students_from_teacher_layers_and_from_a_seeded_shape() {
+    let teacher = load_llama(&data("llama"), &LoadOptions::default()).unwrap();
+    // Every layer: the teacher itself.
+    let (all, vars) = llama_from_layers(&teacher, &[0, 1], true).unwrap();
+    assert_eq!(logits(&all), logits(&teacher));
+    assert_eq!(
+        vars.unwrap().all_vars().len(),
+        teacher.named_tensors().len()
+    );
+    // One layer: the teacher's second block under the student's first name.
+    let (one, _) = llama_from_layers(&teacher, &[1], false).unwrap();
+    assert_eq!(one.config.num_hidden_layers, 1);
+    let get = |m: &LlamaModel, n: &str| {
+        m.named_tensors()
+            .into_iter()
+            .find(|(x, _)| x == n)
+            .unwrap()
+            .1
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    assert_eq!(
+        get(&one, "model.layers.0.self_attn.k_proj.weight"),
+        get(&teacher, "model.layers.1.self_attn.k_proj.weight")
+    );
+    for bad in [&[][..], &[1, 0], &[2]] {
+        assert!(llama_from_layers(&teacher, bad, false).is_err(), "{bad:?}");
+    }
+    let shape = LlamaShape {
+        layers: 1,
+        hidden: 16,
+        heads: 4,
+        kv_heads: 2,
+        intermediate: 24,
+    };
+    let dev = Device::Cpu;
+    let (a, _) = random_llama(&teacher.config, &shape, 7, false, &dev).unwrap();
+    let (b, _) = random_llama(&teacher.config, &shape, 7, false, &dev).unwrap();
+    let (c, _) = random_llama(&teacher.config, &shape, 8, false, &dev).unwrap();
+    assert_eq!(logits(&a), logits(&b));
+    assert_ne!(logits(&a), logits(&c));
+    assert_eq!((a.config.head_dim, a.config.num_key_value_heads), (4, 2));
+    assert!(logits(&a).iter().all(|x| x.is_finite()));
+    let odd = LlamaShape {
+        hidden: 12,
+        ..shape
+    };
+    assert!(random_llama(&teacher.config, &odd, 7, false, &dev).is_err());
 }

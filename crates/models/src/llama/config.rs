@@ -44,6 +44,10 @@ pub struct LlamaConfig {
     /// The output projection is the input embedding (no `lm_head.weight`).
     pub tie_word_embeddings: bool,
     pub max_position_embeddings: usize,
+    /// Special token ids as the config gives them (a number, a list or null), kept to be
+    /// written back on save.
+    pub bos_token_id: serde_json::Value,
+    pub eos_token_id: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +80,10 @@ struct Raw {
     hidden_act: Option<String>,
     tie_word_embeddings: Option<bool>,
     max_position_embeddings: Option<usize>,
+    #[serde(default)]
+    bos_token_id: serde_json::Value,
+    #[serde(default)]
+    eos_token_id: serde_json::Value,
 }
 
 fn field_err(field: &'static str, message: impl Into<String>) -> ModelError {
@@ -190,7 +198,59 @@ impl LlamaConfig {
             rope_scaling,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
+            bos_token_id: raw.bos_token_id,
+            eos_token_id: raw.eos_token_id,
         })
+    }
+
+    /// The Hugging Face `config.json` (classic rope keys, which every transformers version
+    /// reads).
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let arch = match self.model_type.as_str() {
+            "qwen2" => "Qwen2ForCausalLM",
+            "mistral" => "MistralForCausalLM",
+            _ => "LlamaForCausalLM",
+        };
+        let mut v = serde_json::json!({
+            "architectures": [arch],
+            "model_type": self.model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "max_position_embeddings": self.max_position_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "torch_dtype": "float32",
+        });
+        if self.model_type == "llama" {
+            v["attention_bias"] = serde_json::json!(self.qkv_bias);
+            v["mlp_bias"] = serde_json::json!(false);
+        }
+        if let RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } = self.rope_scaling
+        {
+            v["rope_scaling"] = serde_json::json!({
+                "rope_type": "llama3",
+                "factor": factor,
+                "low_freq_factor": low_freq_factor,
+                "high_freq_factor": high_freq_factor,
+                // An integer, as transformers insists.
+                "original_max_position_embeddings": original_max_position_embeddings.round() as u64,
+            });
+        }
+        v
     }
 
     /// The rotary inverse frequencies `1/θ^(2i/d)`, i < d/2, with the configured scaling.

@@ -1,11 +1,16 @@
 //! The LLaMA architecture family (LLaMA 2/3, SmolLM, TinyLlama, Mistral, Qwen2 with its q/k/v
 //! biases): the config, the decoder, and loading from Hugging Face folders (single or sharded
-//! `model.safetensors`). GGUF files, students, saving and the fused ops are the next slices.
+//! `model.safetensors`), students (teacher layers or a seeded shape) and saving as a folder
+//! transformers loads. GGUF files and the fused ops are the next slices.
 
 mod config;
 mod load;
 mod model;
+mod save;
+mod student;
 
 pub use config::{LlamaConfig, RopeScaling};
 pub use load::load_llama;
 pub use model::{DecoderOutput, LlamaModel};
+pub use save::save_llama;
+pub use student::{llama_from_layers, random_llama, LlamaShape};

@@ -162,6 +162,43 @@ impl LlamaModel {
         self.embed.device()
     }
 
+    /// Every parameter under its Hugging Face `LlamaForCausalLM` name (`lm_head.weight` only
+    /// when untied), in a fixed order.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
+        for (l, b) in self.blocks.iter().enumerate() {
+            let p = |s: &str| format!("model.layers.{l}.{s}");
+            out.push((p("input_layernorm.weight"), b.input_norm.clone()));
+            out.push((p("post_attention_layernorm.weight"), b.post_norm.clone()));
+            for (name, proj) in [
+                ("self_attn.q_proj", &b.q),
+                ("self_attn.k_proj", &b.k),
+                ("self_attn.v_proj", &b.v),
+                ("self_attn.o_proj", &b.o),
+                ("mlp.gate_proj", &b.gate),
+                ("mlp.up_proj", &b.up),
+                ("mlp.down_proj", &b.down),
+            ] {
+                out.push((p(&format!("{name}.weight")), proj.weight.clone()));
+                if let Some(bias) = &proj.bias {
+                    out.push((p(&format!("{name}.bias")), bias.clone()));
+                }
+            }
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), h.clone()));
+        }
+        out
+    }
+
+    pub fn num_parameters(&self) -> usize {
+        self.named_tensors()
+            .iter()
+            .map(|(_, t)| t.elem_count())
+            .sum()
+    }
+
     /// `input_ids` u32 [batch, seq]; `attention_mask` [batch, seq], 1 for tokens, 0 for padding
     /// (left or right). Positions count tokens only (`cumsum(mask) − 1`), so a left-padded row
     /// gives the values it gives unpadded.
