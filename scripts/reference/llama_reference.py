@@ -1,6 +1,6 @@
 """Produces the decoder-only (LLaMA family) reference for crates/models/tests/llama.rs: two tiny
 random models created and saved by `transformers`, and their logits and last hidden states on
-a padded batch.
+a padded batch, and each row's mean next-token negative log-likelihood.
 
     python3 scripts/reference/llama_reference.py crates/models/tests/data/llama
 
@@ -74,7 +74,14 @@ def reference(dir):
                     "last_hidden": [round(float(x), 7) for x in last[b, i]],
                     "hidden_sum": round(float(sum(float(h[b, i].sum()) for h in out.hidden_states)), 6),
                 })
-    return {"input_ids": IDS, "attention_mask": MASK, "rows": rows}
+    # Per row: the mean next-token negative log-likelihood (nats) over the tokens whose
+    # predecessor is a token too, i.e. what `distillery perplexity` reports per line.
+    logp = torch.log_softmax(logits[:, :-1].double(), -1)
+    picked = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    pairs = (mask[:, 1:] * mask[:, :-1]).double()
+    nll = (-(picked * pairs).sum(-1) / pairs.sum(-1)).tolist()
+    return {"input_ids": IDS, "attention_mask": MASK, "rows": rows,
+            "nll": [round(x, 9) for x in nll]}
 
 
 def main(out):

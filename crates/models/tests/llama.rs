@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use distillery_models::llama::{
-    llama_from_layers, load_llama, random_llama, save_llama, LlamaConfig, LlamaModel, LlamaShape,
-    RopeScaling,
+    llama_from_layers, load_llama, next_token_nll, random_llama, save_llama, LlamaConfig,
+    LlamaModel, LlamaShape, RopeScaling,
 };
 use distillery_models::LoadOptions;
 use serde_json::Value;
@@ -95,6 +95,19 @@ fn check(name: &str) -> LlamaModel {
         );
     }
     assert!(worst_logit < 1e-4, "{name}: logits differ by {worst_logit}");
+    let nll = next_token_nll(&out.logits, &ids, &mask).unwrap();
+    for (row, want) in nll.iter().zip(reference["nll"].as_array().unwrap()) {
+        let want = want.as_f64().unwrap();
+        let got = row.nll.unwrap();
+        assert!(
+            (got - want).abs() < 1e-4 * want,
+            "{name}: nll {got} vs {want}"
+        );
+    }
+    // Rows of 7, 6 and 9 tokens predict 6, 5 and 8 (left padding: the first token has no
+    // predecessor).
+    let predicted: Vec<usize> = nll.iter().map(|r| r.predicted).collect();
+    assert_eq!(predicted, [6, 5, 8]);
     assert!(
         worst_hidden < 1e-4,
         "{name}: last hidden state differs by {worst_hidden}"

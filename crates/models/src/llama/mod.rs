@@ -6,11 +6,13 @@
 mod config;
 mod load;
 mod model;
+mod nll;
 mod save;
 mod student;
 
 pub use config::{LlamaConfig, RopeScaling};
 pub use load::load_llama;
 pub use model::{DecoderOutput, LlamaModel};
+pub use nll::{next_token_nll, RowNll};
 pub use save::save_llama;
 pub use student::{llama_from_layers, random_llama, LlamaShape};
