@@ -29,7 +29,10 @@ pub fn next_token_nll(logits: &Tensor, input_ids: &Tensor, mask: &Tensor) -> Res
         ]);
     }
     let logp = candle_nn::ops::log_softmax(
-        &logits.narrow(1, 0, l - 1)?.to_dtype(DType::F32)?.contiguous()?,
+        &logits
+            .narrow(1, 0, l - 1)?
+            .to_dtype(DType::F32)?
+            .contiguous()?,
         D::Minus1,
     )?
     .contiguous()?;

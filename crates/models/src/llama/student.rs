@@ -84,7 +84,10 @@ pub fn random_llama(
             "every size must be positive, got {s:?}"
         )));
     }
-    if s.hidden % s.heads != 0 || s.heads % s.kv_heads != 0 || (s.hidden / s.heads) % 2 != 0 {
+    if !s.hidden.is_multiple_of(s.heads)
+        || !s.heads.is_multiple_of(s.kv_heads)
+        || !(s.hidden / s.heads).is_multiple_of(2)
+    {
         return Err(ModelError::Student(format!(
             "{s:?}: heads must divide hidden into an even head size, and kv_heads divide heads"
         )));
