@@ -222,3 +222,135 @@ fn inspect_prints_config_and_parameter_counts() {
         "{text}"
     );
 }
+
+/// The tiny test LLaMA (crates/models/tests/data/llama/llama) with a word-level tokenizer whose
+/// words `w0`..`w95` are the token ids, no special tokens.
+fn tiny_decoder_dir(root: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/data/llama/llama");
+    let dir = root.join("decoder");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..96)
+        .map(|i| (format!("w{i}"), serde_json::json!(i)))
+        .collect();
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w1"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn perplexity_per_line_matches_transformers_and_does_not_depend_on_batching() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_decoder_dir(tmp.path());
+    let input = tmp.path().join("lines.txt");
+    // The first two lines are the reference batch's rows 0 and 1 (their nll from transformers,
+    // in reference.json); the third has one token, so nothing to predict.
+    std::fs::write(
+        &input,
+        "w5 w17 w33 w2 w71 w9 w44\nw12 w13 w90 w4 w61 w8\nw3\n",
+    )
+    .unwrap();
+    let want: Vec<f64> = {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models/tests/data/llama/llama/reference.json");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        v["nll"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let mut results = Vec::new();
+    for batch in ["8", "1"] {
+        let out = tmp.path().join(format!("ppl-{batch}.jsonl"));
+        let o = distillery(&[
+            "perplexity",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--batch-size",
+            batch,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains("perplexity"), "{}", stderr(&o));
+        results.push(read_jsonl(&out));
+    }
+    let (lines, one_by_one) = (&results[0], &results[1]);
+    assert_eq!(lines.len(), 4);
+    let tokens: Vec<u64> = lines[..3]
+        .iter()
+        .map(|l| l["tokens"].as_u64().unwrap())
+        .collect();
+    assert_eq!(tokens, [7, 6, 1]);
+    for i in 0..2 {
+        let nll = lines[i]["nll"].as_f64().unwrap();
+        assert!(
+            (nll - want[i]).abs() < 1e-4 * want[i],
+            "line {i}: {nll} vs {}",
+            want[i]
+        );
+        let ppl = lines[i]["perplexity"].as_f64().unwrap();
+        assert!((ppl - nll.exp()).abs() < 1e-9 * ppl);
+        let alone = one_by_one[i]["nll"].as_f64().unwrap();
+        assert!(
+            (alone - nll).abs() < 1e-5,
+            "line {i} batched {nll} vs alone {alone}"
+        );
+    }
+    assert!(lines[2]["nll"].is_null() && lines[2]["perplexity"].is_null());
+    let s = &lines[3];
+    assert_eq!(s["summary"], true);
+    assert_eq!(s["lines"], 3);
+    assert_eq!(s["predicted_tokens"], 11);
+    let weighted =
+        (6.0 * lines[0]["nll"].as_f64().unwrap() + 5.0 * lines[1]["nll"].as_f64().unwrap()) / 11.0;
+    assert!((s["nll"].as_f64().unwrap() - weighted).abs() < 1e-9);
+}
+
+#[test]
+fn perplexity_errors_are_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_decoder_dir(tmp.path());
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let o = distillery(&[
+        "perplexity",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        empty.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.trim().lines().count() == 1 && e.contains("empty.txt"),
+        "{e}"
+    );
+    let bert = tiny_model_dir(tmp.path());
+    let input = tmp.path().join("x.txt");
+    std::fs::write(&input, "w1 w2\n").unwrap();
+    let o = distillery(&[
+        "perplexity",
+        "--model",
+        bert.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.trim().lines().count() == 1 && e.contains("model_type"),
+        "{e}"
+    );
+}

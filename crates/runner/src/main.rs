@@ -16,6 +16,7 @@ mod fingerprint;
 mod inspect;
 mod jobs;
 mod observe;
+mod perplexity;
 mod plan;
 mod plot;
 mod records;
@@ -162,6 +163,24 @@ enum Command {
         #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(2..))]
         max_len: u64,
     },
+    /// Per line of a text file: a decoder's (LLaMA family) mean next-token negative
+    /// log-likelihood and perplexity, as JSONL, then a summary line for the whole file.
+    Perplexity {
+        /// A Hugging Face decoder folder (config.json, model.safetensors, tokenizer.json).
+        #[arg(long)]
+        model: PathBuf,
+        /// A UTF-8 text file, one text per line.
+        #[arg(long)]
+        input: PathBuf,
+        /// The JSONL file to write (replaced only once complete); stdout when not given.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Truncate each line to this many tokens, special tokens included.
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(2..))]
+        max_len: u64,
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+        batch_size: u64,
+    },
     /// Print a model's config and its parameter count per part.
     Inspect {
         #[arg(long)]
@@ -192,6 +211,19 @@ fn main() -> ExitCode {
             max_len: max_len as usize,
         }),
         Command::Inspect { model, json } => inspect::run(&model, json),
+        Command::Perplexity {
+            model,
+            input,
+            output,
+            max_len,
+            batch_size,
+        } => perplexity::run(&perplexity::PerplexityArgs {
+            model,
+            input,
+            output,
+            max_len: max_len as usize,
+            batch_size: batch_size as usize,
+        }),
         Command::Run { job } => jobs::run(&job.into_args()),
         Command::Compare { job, schedules } => {
             jobs::compare(&job.into_args(), schedules.as_deref())
