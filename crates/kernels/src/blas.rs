@@ -7,6 +7,10 @@
 //! `DISTILLERY_BLAS=off`, every product goes through the `gemm` crate as before.
 //! `DISTILLERY_BLAS=<path>` loads a specific LP64 OpenBLAS.
 //!
+//! On x86-64 the library's kernels are chosen for the CPU's features (`OPENBLAS_CORETYPE`,
+//! unless the user set it), because DYNAMIC_ARCH builds fall back to their slow generic kernels
+//! on CPUs they do not recognise; a library that still reports a generic core is not used.
+//!
 //! OpenBLAS runs single-threaded here (`openblas_set_num_threads(1)`) and the callers split a
 //! product's rows across rayon's threads: two thread pools on the same cores would fight, and
 //! OpenBLAS's threads spin after each call, stealing the core from the next rayon op. With more
@@ -115,6 +119,7 @@ fn load(path: &str) -> Result<(OpenBlas, String), String> {
         }
     };
     let c_path = CString::new(path).map_err(|_| "path contains a NUL byte".to_string())?;
+    let core_type = set_core_type();
     // SAFETY: a NUL-terminated path; the handle is never closed, so symbols stay valid.
     let handle = unsafe { dlopen(c_path.as_ptr(), RTLD_NOW) };
     if handle.is_null() {
@@ -169,7 +174,65 @@ fn load(path: &str) -> Result<(OpenBlas, String), String> {
         }
         Err(_) => "OpenBLAS".to_string(),
     };
+    // DYNAMIC_ARCH builds pick their kernels from the CPU model; on CPUs they do not know
+    // (new or virtualised ones, e.g. "Intel Xeon Processor") they fall back to the SSE3
+    // "Prescott" kernels, 3-4x slower than the gemm crate on the step's shapes. Refuse those.
+    if let Some(core) = generic_core(&config) {
+        return Err(format!(
+            "it chose its generic {core} kernels on this AVX2 CPU (slower than the gemm crate){}",
+            match &core_type {
+                Some(t) => format!(" even with OPENBLAS_CORETYPE={t}"),
+                None => String::new(),
+            }
+        ));
+    }
     Ok((OpenBlas { sgemm }, config))
+}
+
+/// Sets `OPENBLAS_CORETYPE` before the library loads, when the user has not, to the kernels
+/// this CPU can run (SkylakeX with AVX-512, Haswell with AVX2 + FMA); returns the value in
+/// effect. OpenBLAS reads it once, while loading.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn set_core_type() -> Option<String> {
+    if let Ok(v) = std::env::var("OPENBLAS_CORETYPE") {
+        return Some(v);
+    }
+    let core = if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+    {
+        "SkylakeX"
+    } else if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
+        "Haswell"
+    } else {
+        return None;
+    };
+    // Process-wide, set once before the first product (`choice` runs under a OnceLock); no
+    // other code of ours reads the environment concurrently.
+    std::env::set_var("OPENBLAS_CORETYPE", core);
+    Some(core.to_string())
+}
+
+/// The generic pre-AVX2 kernel OpenBLAS reports in `config` when the CPU has AVX2 + FMA.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn generic_core(config: &str) -> Option<&'static str> {
+    let avx2 =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    [
+        "Prescott",
+        "Core2",
+        "Penryn",
+        "Dunnington",
+        "Nehalem",
+        "Atom",
+        "Katmai",
+        "Coppermine",
+    ]
+    .into_iter()
+    .find(|c| avx2 && config.split_whitespace().any(|w| w.eq_ignore_ascii_case(c)))
 }
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]

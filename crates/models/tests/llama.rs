@@ -299,3 +299,47 @@ fn students_from_teacher_layers_and_from_a_seeded_shape() {
     };
     assert!(random_llama(&teacher.config, &odd, 7, false, &dev).is_err());
 }
+
+#[test]
+fn sharded_weights_load_through_the_index() {
+    let src = data("qwen2");
+    let m = load_llama(&src, &LoadOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    // Two shards: the first layer's tensors in one, everything else in the other.
+    let (mut first, mut rest) = (
+        std::collections::HashMap::new(),
+        std::collections::HashMap::new(),
+    );
+    let mut map = serde_json::Map::new();
+    for (name, t) in m.named_tensors() {
+        let (shard, file) = if name.starts_with("model.layers.0.") {
+            (&mut first, "model-00001-of-00002.safetensors")
+        } else {
+            (&mut rest, "model-00002-of-00002.safetensors")
+        };
+        shard.insert(name.clone(), t);
+        map.insert(name, serde_json::json!(file));
+    }
+    candle_core::safetensors::save(&first, dir.path().join("model-00001-of-00002.safetensors"))
+        .unwrap();
+    candle_core::safetensors::save(&rest, dir.path().join("model-00002-of-00002.safetensors"))
+        .unwrap();
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let sharded = load_llama(dir.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(logits(&sharded), logits(&m));
+    // A shard the index names but that is missing: one error naming it.
+    std::fs::remove_file(dir.path().join("model-00001-of-00002.safetensors")).unwrap();
+    let e = load_llama(dir.path(), &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model-00001-of-00002.safetensors") && e.contains("missing"),
+        "{e}"
+    );
+}
