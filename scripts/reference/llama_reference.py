@@ -1,6 +1,7 @@
 """Produces the decoder-only (LLaMA family) reference for crates/models/tests/llama.rs: two tiny
 random models created and saved by `transformers`, and their logits and last hidden states on
-a padded batch, and each row's mean next-token negative log-likelihood.
+a padded batch, each row's mean next-token negative log-likelihood, and the greedy
+8-token continuation of one prompt.
 
     python3 scripts/reference/llama_reference.py crates/models/tests/data/llama
 
@@ -35,6 +36,7 @@ IDS = [
     [0, 0, 0, 12, 13, 90, 4, 61, 8],
     [3, 88, 27, 27, 56, 1, 19, 40, 77],
 ]
+PROMPT = [5, 17, 33, 2, 71]
 MASK = [
     [1, 1, 1, 1, 1, 1, 1, 0, 0],
     [0, 0, 0, 1, 1, 1, 1, 1, 1],
@@ -80,8 +82,16 @@ def reference(dir):
     picked = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     pairs = (mask[:, 1:] * mask[:, :-1]).double()
     nll = (-(picked * pairs).sum(-1) / pairs.sum(-1)).tolist()
+    # Greedy continuation of PROMPT by 8 tokens, by definition: the argmax of a full forward
+    # over everything so far, token after token (no stopping).
+    seq = list(PROMPT)
+    with torch.no_grad():
+        for _ in range(8):
+            z = model(input_ids=torch.tensor([seq])).logits[0, -1]
+            seq.append(int(z.argmax()))
     return {"input_ids": IDS, "attention_mask": MASK, "rows": rows,
-            "nll": [round(x, 9) for x in nll]}
+            "nll": [round(x, 9) for x in nll],
+            "prompt": PROMPT, "greedy": seq[len(PROMPT):]}
 
 
 def main(out):

@@ -105,6 +105,16 @@ impl TextTokenizer {
         self.pad_id
     }
 
+    /// The text of `ids`, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })
+    }
+
     /// Tokenises and pads a batch to its longest member.
     pub fn encode_batch(&self, inputs: &[TextInput]) -> Result<EncodedBatch> {
         let enc_inputs: Vec<EncodeInput<'_>> = inputs

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use distillery_models::llama::{
-    llama_from_layers, load_llama, next_token_nll, random_llama, save_llama, LlamaConfig,
-    LlamaModel, LlamaShape, RopeScaling,
+    llama_from_layers, load_llama, next_token_nll, random_llama, save_llama, KvCache, LlamaConfig,
+    LlamaModel, LlamaShape, RopeScaling, Sampling,
 };
 use distillery_models::LoadOptions;
 use serde_json::Value;
@@ -342,4 +342,114 @@ fn sharded_weights_load_through_the_index() {
         e.contains("model-00001-of-00002.safetensors") && e.contains("missing"),
         "{e}"
     );
+}
+
+fn reference(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(data(name).join("reference.json")).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn greedy_generation_on_the_kv_cache_matches_transformers() {
+    for name in ["llama", "qwen2"] {
+        let m = load_llama(&data(name), &LoadOptions::default()).unwrap();
+        let r = reference(name);
+        let prompt: Vec<u32> = ints(&serde_json::json!([r["prompt"]]))[0].clone();
+        let want: Vec<u32> = ints(&serde_json::json!([r["greedy"]]))[0].clone();
+        let greedy = Sampling {
+            max_new_tokens: 8,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+        };
+        assert_eq!(m.generate(&prompt, &greedy).unwrap(), want, "{name}");
+        // Stopping: the first generated token as the stop token ends after it.
+        let stop = Sampling {
+            stop: vec![want[0]],
+            ..greedy.clone()
+        };
+        assert_eq!(m.generate(&prompt, &stop).unwrap(), [want[0]], "{name}");
+    }
+}
+
+#[test]
+fn the_kv_cache_gives_the_logits_of_a_full_forward() {
+    let m = load_llama(&data("llama"), &LoadOptions::default()).unwrap();
+    let tokens = [5u32, 17, 33, 2, 71, 9, 44, 60];
+    let mut cache = KvCache::new();
+    // The first four at once, then one at a time.
+    let row = |ids: &[u32]| {
+        Tensor::new(ids, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap()
+    };
+    let first = m.forward_cached(&row(&tokens[..4]), &mut cache).unwrap();
+    let mut got = vec![first
+        .get(0)
+        .unwrap()
+        .get(3)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()];
+    for &t in &tokens[4..] {
+        let z = m.forward_cached(&row(&[t]), &mut cache).unwrap();
+        got.push(z.get(0).unwrap().get(0).unwrap().to_vec1::<f32>().unwrap());
+    }
+    assert_eq!(cache.seen(), tokens.len());
+    let full = m
+        .forward(
+            &row(&tokens),
+            &Tensor::ones((1, tokens.len()), candle_core::DType::U32, &Device::Cpu).unwrap(),
+        )
+        .unwrap()
+        .logits;
+    for (k, g) in got.iter().enumerate() {
+        let want = full
+            .get(0)
+            .unwrap()
+            .get(3 + k)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(
+            max_diff(g, &want) < 1e-5,
+            "position {}: {}",
+            3 + k,
+            max_diff(g, &want)
+        );
+    }
+}
+
+#[test]
+fn sampling_is_seeded_and_checks_its_settings() {
+    let m = load_llama(&data("llama"), &LoadOptions::default()).unwrap();
+    let s = |seed: u64| Sampling {
+        max_new_tokens: 12,
+        temperature: 1.5,
+        top_p: 0.95,
+        seed,
+        stop: Vec::new(),
+    };
+    let a = m.generate(&[5, 17], &s(1)).unwrap();
+    assert_eq!(a.len(), 12);
+    assert_eq!(a, m.generate(&[5, 17], &s(1)).unwrap());
+    let others: Vec<Vec<u32>> = (2..6)
+        .map(|seed| m.generate(&[5, 17], &s(seed)).unwrap())
+        .collect();
+    assert!(others.iter().any(|o| *o != a), "every seed gave {a:?}");
+    assert!(a.iter().all(|&t| t < 96));
+    assert!(m.generate(&[], &s(1)).is_err());
+    assert!(m.generate(&[5], &Sampling { top_p: 0.0, ..s(1) }).is_err());
+    assert!(m
+        .generate(
+            &[5],
+            &Sampling {
+                temperature: -1.0,
+                ..s(1)
+            }
+        )
+        .is_err());
+    assert_eq!(m.eos_ids(), [2]);
 }

@@ -4,6 +4,7 @@
 //! transformers loads. GGUF files and the fused ops are the next slices.
 
 mod config;
+mod generate;
 mod load;
 mod model;
 mod nll;
@@ -11,8 +12,9 @@ mod save;
 mod student;
 
 pub use config::{LlamaConfig, RopeScaling};
+pub use generate::Sampling;
 pub use load::load_llama;
-pub use model::{DecoderOutput, LlamaModel};
+pub use model::{DecoderOutput, KvCache, LlamaModel};
 pub use nll::{next_token_nll, RowNll};
 pub use save::save_llama;
 pub use student::{llama_from_layers, random_llama, LlamaShape};

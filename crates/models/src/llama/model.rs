@@ -221,7 +221,7 @@ impl LlamaModel {
         let mut hidden_states = vec![x.clone()];
         let mut x = x;
         for block in &self.blocks {
-            x = self.block(block, &x, &cos, &sin, &bias)?;
+            x = self.block(block, &x, &cos, &sin, &bias, None)?;
             hidden_states.push(x.clone());
         }
         let last_hidden = rms_norm(&x, &self.norm, c.rms_norm_eps)?;
@@ -235,12 +235,52 @@ impl LlamaModel {
         })
     }
 
-    /// cos and sin of position × frequency, [batch, 1, seq, head_dim] (halves repeated).
+    /// cos and sin of position × frequency, [batch, 1, seq, head_dim] (halves repeated), the
+    /// positions counting tokens only.
     fn rotary(&self, mask: &Tensor) -> Result<(Tensor, Tensor)> {
-        let pos = (mask.cumsum(1)? - 1.0)?.clamp(0f32, f32::MAX)?;
+        self.rotary_at(&(mask.cumsum(1)? - 1.0)?.clamp(0f32, f32::MAX)?)
+    }
+
+    /// cos and sin at positions `pos`, f32 [batch, seq].
+    fn rotary_at(&self, pos: &Tensor) -> Result<(Tensor, Tensor)> {
         let freqs = pos.unsqueeze(2)?.broadcast_mul(&self.inv_freq)?;
         let emb = Tensor::cat(&[&freqs, &freqs], D::Minus1)?.unsqueeze(1)?;
         Ok((emb.cos()?, emb.sin()?))
+    }
+
+    /// Next-token logits, [1, n, vocab], of `input_ids` [1, n] (one unpadded sequence) read
+    /// after the tokens already in `cache`, which then holds these too: incremental decoding
+    /// that never recomputes the prefix.
+    pub fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, n) = input_ids.dims2()?;
+        if b != 1 {
+            return Err(ModelError::Input(format!(
+                "incremental decoding takes one sequence at a time, got a batch of {b}"
+            )));
+        }
+        if cache.layers.is_empty() {
+            cache.layers = vec![None; self.blocks.len()];
+        }
+        let seen = cache.seen;
+        let pos: Vec<f32> = (seen..seen + n).map(|p| p as f32).collect();
+        let (cos, sin) = self.rotary_at(&Tensor::from_vec(pos, (1, n), self.device())?)?;
+        // Query i (absolute position seen + i) reads keys 0..=seen + i.
+        let allowed: Vec<f32> = (0..n)
+            .flat_map(|i| (0..seen + n).map(move |j| if j <= seen + i { 0.0 } else { f32::MIN }))
+            .collect();
+        let bias = Tensor::from_vec(allowed, (1, 1, n, seen + n), self.device())?;
+        let mut x = self
+            .embed
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((1, n, c.hidden_size))?;
+        for (blk, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            x = self.block(blk, &x, &cos, &sin, &bias, Some(kv))?;
+        }
+        cache.seen += n;
+        let last = rms_norm(&x, &self.norm, c.rms_norm_eps)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        Ok(last.broadcast_matmul(&head.t()?)?)
     }
 
     fn block(
@@ -250,6 +290,7 @@ impl LlamaModel {
         cos: &Tensor,
         sin: &Tensor,
         bias: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let c = &self.config;
         let (b, l, _) = x.dims3()?;
@@ -264,14 +305,27 @@ impl LlamaModel {
         let q = rope(&split(blk.q.forward(&h)?, heads)?)?;
         let k = rope(&split(blk.k.forward(&h)?, kv)?)?;
         let v = split(blk.v.forward(&h)?, kv)?;
+        // Incremental decoding: the keys (after RoPE) and values of earlier tokens come first.
+        let (k, v) = match cache {
+            None => (k, v),
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+        };
+        let kl = k.dim(2)?;
         // Grouped-query attention: query head i reads key/value head i / (heads / kv).
         let repeat = |t: Tensor| -> Result<Tensor> {
             if kv == heads {
                 return Ok(t);
             }
             Ok(t.unsqueeze(2)?
-                .expand((b, kv, heads / kv, l, hd))?
-                .reshape((b, heads, l, hd))?)
+                .expand((b, kv, heads / kv, kl, hd))?
+                .reshape((b, heads, kl, hd))?)
         };
         let (k, v) = (repeat(k)?, repeat(v)?);
         let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(bias)?;
@@ -286,6 +340,25 @@ impl LlamaModel {
             .down
             .forward(&(candle_nn::ops::silu(&blk.gate.forward(&h)?)? * blk.up.forward(&h)?)?)?;
         Ok((x + mlp)?)
+    }
+}
+
+/// Keys (after RoPE) and values of the tokens decoded so far, per layer, each
+/// [1, kv_heads, seen, head_dim].
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    seen: usize,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Tokens held.
+    pub fn seen(&self) -> usize {
+        self.seen
     }
 }
 
