@@ -354,3 +354,62 @@ fn perplexity_errors_are_one_line() {
         "{e}"
     );
 }
+
+#[test]
+fn generate_continues_prompts_greedily_as_transformers_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_decoder_dir(tmp.path());
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../models/tests/data/llama/llama/reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let words = |v: &serde_json::Value| -> String {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| format!("w{}", t.as_u64().unwrap()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (prompt, want) = (words(&reference["prompt"]), words(&reference["greedy"]));
+    let o = distillery(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        &prompt,
+        "--max-new-tokens",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), want);
+    assert!(stderr(&o).contains("tokens/s"), "{}", stderr(&o));
+    // A file of prompts: JSONL, one line each, the same continuation for the same prompt.
+    let input = tmp.path().join("prompts.txt");
+    std::fs::write(&input, format!("{prompt}\nw3 w4\n")).unwrap();
+    let out = tmp.path().join("gen.jsonl");
+    let o = distillery(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--max-new-tokens",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = read_jsonl(&out);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["prompt"], prompt.as_str());
+    assert_eq!(lines[0]["completion"], want.as_str());
+    assert_eq!(lines[0]["tokens"], 8);
+    // Neither or both of --prompt and --input: a usage error, not a panic.
+    let o = distillery(&["generate", "--model", model.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

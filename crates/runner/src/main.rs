@@ -13,6 +13,7 @@ mod embed;
 mod evaluate;
 mod faults;
 mod fingerprint;
+mod generate;
 mod inspect;
 mod jobs;
 mod observe;
@@ -163,6 +164,30 @@ enum Command {
         #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(2..))]
         max_len: u64,
     },
+    /// Continue prompts with a decoder (LLaMA family): greedy at temperature 0, else sampled.
+    Generate {
+        /// A Hugging Face decoder folder (config.json, model.safetensors, tokenizer.json).
+        #[arg(long)]
+        model: PathBuf,
+        /// One prompt; its continuation is printed.
+        #[arg(long, conflicts_with = "input", required_unless_present = "input")]
+        prompt: Option<String>,
+        /// A UTF-8 file, one prompt per line; JSONL {prompt, completion, tokens} per line.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// The JSONL file to write (replaced only once complete).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// 0: greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Per line of a text file: a decoder's (LLaMA family) mean next-token negative
     /// log-likelihood and perplexity, as JSONL, then a summary line for the whole file.
     Perplexity {
@@ -211,6 +236,25 @@ fn main() -> ExitCode {
             max_len: max_len as usize,
         }),
         Command::Inspect { model, json } => inspect::run(&model, json),
+        Command::Generate {
+            model,
+            prompt,
+            input,
+            output,
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+        } => generate::run(&generate::GenerateArgs {
+            model,
+            prompt,
+            input,
+            output,
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+        }),
         Command::Perplexity {
             model,
             input,
