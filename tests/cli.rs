@@ -413,3 +413,28 @@ fn generate_continues_prompts_greedily_as_transformers_does() {
     let o = distillery(&["generate", "--model", model.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+#[test]
+fn inspect_reads_a_decoder_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_decoder_dir(tmp.path());
+    let o = distillery(&["inspect", "--model", model.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["config"]["architectures"][0], "LlamaForCausalLM");
+    assert_eq!(doc["config"]["num_key_value_heads"], 2);
+    // 96 × 32 embeddings, untied head of the same size, final norm 32, and two blocks of
+    // 2·32 norms + q 32·32 + k, v 16·32 each + o 32·32 + 3 · 32·64 MLP.
+    let block = 2 * 32 + 32 * 32 + 2 * 16 * 32 + 32 * 32 + 3 * 32 * 64;
+    assert_eq!(doc["parameters"]["layer.0"], block);
+    assert_eq!(doc["parameters"]["embeddings"], 96 * 32);
+    assert_eq!(doc["parameters"]["lm_head"], 96 * 32);
+    assert_eq!(doc["total_parameters"], 2 * 96 * 32 + 32 + 2 * block);
+    let table = distillery(&["inspect", "--model", model.to_str().unwrap()]);
+    assert!(table.status.success());
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("key/value heads 2") && text.contains("Llama3"),
+        "{text}"
+    );
+}
