@@ -1,6 +1,7 @@
 """Produces the decoder-only (LLaMA family) reference for crates/models/tests/llama.rs: two tiny
 random models created and saved by `transformers`, and their logits and last hidden states on
-a padded batch, each row's mean next-token negative log-likelihood, and the greedy
+a padded batch, every layer's attention probabilities, each row's mean next-token negative log-likelihood,
+and the greedy
 8-token continuation of one prompt.
 
     python3 scripts/reference/llama_reference.py crates/models/tests/data/llama
@@ -57,12 +58,14 @@ def redraw(model, seed):
 
 
 def reference(dir):
-    model = AutoModelForCausalLM.from_pretrained(dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(dir, dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
     ids = torch.tensor(IDS)
     mask = torch.tensor(MASK)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True,
+                    output_attentions=True)
     logits = out.logits
     last = out.hidden_states[-1]
     rows = []
@@ -89,7 +92,14 @@ def reference(dir):
         for _ in range(8):
             z = model(input_ids=torch.tensor([seq])).logits[0, -1]
             seq.append(int(z.argmax()))
-    return {"input_ids": IDS, "attention_mask": MASK, "rows": rows,
+    # Attention probabilities of every layer and head, for the query rows that are tokens
+    # ([layer][batch][head][query] -> keys; padding queries are left out as null).
+    attentions = [[[[[round(float(x), 7) for x in a[b, h, i]] if MASK[b][i] else None
+                     for i in range(len(IDS[b]))]
+                    for h in range(a.shape[1])]
+                   for b in range(len(IDS))]
+                  for a in out.attentions]
+    return {"input_ids": IDS, "attention_mask": MASK, "rows": rows, "attentions": attentions,
             "nll": [round(x, 9) for x in nll],
             "prompt": PROMPT, "greedy": seq[len(PROMPT):]}
 

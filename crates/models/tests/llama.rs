@@ -95,6 +95,31 @@ fn check(name: &str) -> LlamaModel {
         );
     }
     assert!(worst_logit < 1e-4, "{name}: logits differ by {worst_logit}");
+    // Every block's attention probabilities, rebuilt from the rotated Q and K it returns (K
+    // with 2 heads for 4 query heads), against transformers' at every token query row.
+    assert_eq!(out.attentions.len(), layers);
+    let mut worst_att = 0f32;
+    for (l, att) in out.attentions.iter().enumerate() {
+        assert_eq!(att.key.dims()[1], model.config.num_key_value_heads);
+        let probs = att.probs(&mask).unwrap();
+        let want_l = &reference["attentions"][l];
+        for b in 0..3 {
+            for h in 0..model.config.num_attention_heads {
+                for (i, row) in want_l[b][h].as_array().unwrap().iter().enumerate() {
+                    if row.is_null() {
+                        continue;
+                    }
+                    let got = probs.get(b).unwrap().get(h).unwrap().get(i).unwrap();
+                    worst_att =
+                        worst_att.max(max_diff(&got.to_vec1::<f32>().unwrap(), &floats(row)));
+                }
+            }
+        }
+    }
+    assert!(
+        worst_att < 1e-5,
+        "{name}: attention probabilities differ by {worst_att}"
+    );
     let nll = next_token_nll(&out.logits, &ids, &mask).unwrap();
     for (row, want) in nll.iter().zip(reference["nll"].as_array().unwrap()) {
         let want = want.as_f64().unwrap();

@@ -14,7 +14,7 @@ mod student;
 pub use config::{LlamaConfig, RopeScaling};
 pub use generate::Sampling;
 pub use load::load_llama;
-pub use model::{DecoderOutput, KvCache, LlamaModel};
+pub use model::{DecoderAttention, DecoderOutput, KvCache, LlamaModel};
 pub use nll::{next_token_nll, RowNll};
 pub use save::save_llama;
 pub use student::{llama_from_layers, random_llama, LlamaShape};

@@ -21,6 +21,37 @@ pub struct DecoderOutput {
     pub logits: Tensor,
     /// The padding mask the forward used, f32 [batch, seq] (1 = token).
     pub mask: Tensor,
+    /// Per block (`attentions[l - 1]` is block l), the queries and keys after RoPE and the
+    /// values, as attention used them: what attention-transfer losses read.
+    pub attentions: Vec<DecoderAttention>,
+}
+
+/// One block's attention inputs; keys and values have their own (grouped) head count.
+#[derive(Debug, Clone)]
+pub struct DecoderAttention {
+    /// [batch, heads, seq, head_dim], rotated.
+    pub query: Tensor,
+    /// [batch, kv_heads, seq, head_dim], rotated.
+    pub key: Tensor,
+    /// [batch, kv_heads, seq, head_dim].
+    pub value: Tensor,
+}
+
+impl DecoderAttention {
+    /// The attention probabilities [batch, heads, seq, seq] under the causal and padding mask
+    /// `mask` [batch, seq], materialised (query head i reads key head i / (heads / kv_heads)).
+    pub fn probs(&self, mask: &Tensor) -> Result<Tensor> {
+        let (b, heads, l, d) = self.query.dims4()?;
+        let kv = self.key.dim(1)?;
+        let key = self
+            .key
+            .unsqueeze(2)?
+            .expand((b, kv, heads / kv, l, d))?
+            .reshape((b, heads, l, d))?;
+        let scores = (self.query.matmul(&key.t()?)? / (d as f64).sqrt())?
+            .broadcast_add(&attention_bias(&mask.to_dtype(DType::F32)?, l)?)?;
+        Ok(candle_nn::ops::softmax(&scores, D::Minus1)?)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -219,10 +250,13 @@ impl LlamaModel {
         let (cos, sin) = self.rotary(&mask)?;
         let bias = attention_bias(&mask, l)?;
         let mut hidden_states = vec![x.clone()];
+        let mut attentions = Vec::with_capacity(self.blocks.len());
         let mut x = x;
         for block in &self.blocks {
-            x = self.block(block, &x, &cos, &sin, &bias, None)?;
+            let (y, att) = self.block(block, &x, &cos, &sin, &bias, None)?;
+            x = y;
             hidden_states.push(x.clone());
+            attentions.extend(att);
         }
         let last_hidden = rms_norm(&x, &self.norm, c.rms_norm_eps)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
@@ -232,6 +266,7 @@ impl LlamaModel {
             last_hidden,
             logits,
             mask,
+            attentions,
         })
     }
 
@@ -275,7 +310,7 @@ impl LlamaModel {
             .index_select(&input_ids.flatten_all()?, 0)?
             .reshape((1, n, c.hidden_size))?;
         for (blk, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            x = self.block(blk, &x, &cos, &sin, &bias, Some(kv))?;
+            x = self.block(blk, &x, &cos, &sin, &bias, Some(kv))?.0;
         }
         cache.seen += n;
         let last = rms_norm(&x, &self.norm, c.rms_norm_eps)?;
@@ -291,7 +326,7 @@ impl LlamaModel {
         sin: &Tensor,
         bias: &Tensor,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Option<DecoderAttention>)> {
         let c = &self.config;
         let (b, l, _) = x.dims3()?;
         let (heads, kv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
@@ -306,6 +341,11 @@ impl LlamaModel {
         let k = rope(&split(blk.k.forward(&h)?, kv)?)?;
         let v = split(blk.v.forward(&h)?, kv)?;
         // Incremental decoding: the keys (after RoPE) and values of earlier tokens come first.
+        let recorded = cache.is_none().then(|| DecoderAttention {
+            query: q.clone(),
+            key: k.clone(),
+            value: v.clone(),
+        });
         let (k, v) = match cache {
             None => (k, v),
             Some(slot) => {
@@ -339,7 +379,7 @@ impl LlamaModel {
         let mlp = blk
             .down
             .forward(&(candle_nn::ops::silu(&blk.gate.forward(&h)?)? * blk.up.forward(&h)?)?)?;
-        Ok((x + mlp)?)
+        Ok(((x + mlp)?, recorded))
     }
 }
 
