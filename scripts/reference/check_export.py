@@ -22,8 +22,30 @@ def causal_lm(folder, exp):
     want = torch.tensor(exp["logits"])
     valid = mask.bool()
     worst = (logits[valid] - want[valid]).abs().max().item()
-    print(json.dumps({"max_abs_diff_logits": worst, "architecture": model.config.architectures}))
-    sys.exit(0 if worst <= 1e-4 else 1)
+    # 1e-4 absolute for logits of order one; relative to the largest logit beyond that (a real
+    # model's logits reach ~100, where one f32 ulp is already 7.6e-6).
+    scale = max(1.0, want[valid].abs().max().item())
+    ok = worst <= 1e-4 * scale
+    report = {"max_abs_diff_logits": worst, "largest_logit": scale,
+              "architecture": model.config.architectures}
+    if "texts" in exp:
+        # The saved tokenizer.json: transformers' ids for the texts are the ones distillery
+        # used (right-padded rows; padding left out), and its chat template gives our prompt.
+        tok = AutoTokenizer.from_pretrained(folder)
+        same_ids = True
+        for text, row, m in zip(exp["texts"], exp["input_ids"], exp["attention_mask"]):
+            ours = [t for t, k in zip(row, m) if k]
+            theirs = tok(text)["input_ids"]
+            same_ids &= ours == theirs
+            if ours != theirs:
+                print("token ids differ for", repr(text), ours, theirs)
+        prompt = tok.apply_chat_template([{"role": "user", "content": exp["chat"]["user"]}],
+                                         tokenize=False, add_generation_prompt=True)
+        ok &= same_ids and prompt == exp["chat"]["prompt"]
+        report["tokenizer_ids_equal"] = same_ids
+        report["chat_prompt_equal"] = prompt == exp["chat"]["prompt"]
+    print(json.dumps(report))
+    sys.exit(0 if ok else 1)
 
 
 def main(folder):

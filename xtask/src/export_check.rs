@@ -3,14 +3,16 @@
 //! two-label head (AutoModelForSequenceClassification + AutoTokenizer: logits and embeddings).
 //! The decoder students (AutoModelForCausalLM: logits at every token of a padded batch): the
 //! tiny test LLaMA's second block alone (GQA, untied, Llama-3 rope), and a seeded random
-//! Qwen2-shaped one (q/k/v biases, tied).
+//! Qwen2-shaped one (q/k/v biases, tied), and SmolLM2-135M's blocks 0 and 29 from the GGUF
+//! fixture with the tokenizer rebuilt from the file, saved as `tokenizer.json` (transformers'
+//! `AutoTokenizer` must give our token ids and chat prompt).
 
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use distillery_models::llama::{
-    llama_from_layers, load_llama, random_llama, save_llama, LlamaShape,
+    llama_from_layers, load_llama, open_decoder, random_llama, save_llama, LlamaModel, LlamaShape,
 };
 use distillery_models::{
     load_model, mean_pool, save_model, student_from_teacher, with_new_head, ForwardOptions,
@@ -100,21 +102,55 @@ fn causal_lm(py: &str) -> Result<()> {
     ];
     let ids = vec![vec![5u32, 17, 33, 2, 71, 0], vec![0, 0, 12, 13, 90, 4]];
     let mask = vec![vec![1u32, 1, 1, 1, 1, 0], vec![0, 0, 1, 1, 1, 1]];
-    let t = |v: &Vec<Vec<u32>>| candle_core::Tensor::new(v.clone(), &Device::Cpu);
     for (name, student) in students {
         let dir = util::root().join("target/export-check").join(name);
         save_llama(&student, &dir, None)?;
-        let logits = student
-            .forward(&t(&ids)?, &t(&mask)?)?
-            .logits
-            .to_vec3::<f32>()?;
-        let expected = serde_json::json!({
-            "kind": "causal-lm", "input_ids": ids, "attention_mask": mask, "logits": logits,
-        });
+        let mut expected = causal_expected(&student, &ids, &mask)?;
+        expected["kind"] = "causal-lm".into();
         std::fs::write(dir.join("expected.json"), expected.to_string())?;
         check_in_python(py, &dir)?;
     }
-    Ok(())
+    gguf_student(py)
+}
+
+/// Logits at every position of a padded batch.
+fn causal_expected(
+    student: &LlamaModel,
+    ids: &[Vec<u32>],
+    mask: &[Vec<u32>],
+) -> Result<serde_json::Value> {
+    let t = |v: &[Vec<u32>]| candle_core::Tensor::new(v.to_vec(), &Device::Cpu);
+    let logits = student
+        .forward(&t(ids)?, &t(mask)?)?
+        .logits
+        .to_vec3::<f32>()?;
+    Ok(serde_json::json!({ "input_ids": ids, "attention_mask": mask, "logits": logits }))
+}
+
+/// SmolLM2's first and last blocks from the GGUF file, with the rebuilt tokenizer.
+fn gguf_student(py: &str) -> Result<()> {
+    let gguf = util::root().join("fixtures/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let teacher = open_decoder(&gguf, &LoadOptions::default(), Some(64))
+        .context("run scripts/fetch-fixtures.sh first")?;
+    let student = llama_from_layers(&teacher.model, &[0, 29], false)?.0;
+    let dir = util::root().join("target/export-check/smollm2-layers-0-29");
+    teacher.save_student(&student, &dir)?;
+    let user = "Größere Modelle lehren kleinere — ✓ 1969";
+    let chat = teacher.chat_prompt(user)?;
+    let texts = [TEXTS[0], TEXTS[2], user, chat.as_str()];
+    let inputs: Vec<TextInput> = texts
+        .iter()
+        .map(|t| TextInput::Single(t.to_string()))
+        .collect();
+    let enc = teacher.tokenizer.encode_batch(&inputs)?;
+    let rows = |v: &[u32]| -> Vec<Vec<u32>> { v.chunks(enc.seq).map(<[u32]>::to_vec).collect() };
+    let (ids, mask) = (rows(&enc.input_ids), rows(&enc.attention_mask));
+    let mut expected = causal_expected(&student, &ids, &mask)?;
+    expected["kind"] = "causal-lm".into();
+    expected["texts"] = serde_json::json!(texts);
+    expected["chat"] = serde_json::json!({ "user": user, "prompt": chat });
+    std::fs::write(dir.join("expected.json"), expected.to_string())?;
+    check_in_python(py, &dir)
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf> {

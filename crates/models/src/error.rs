@@ -35,6 +35,10 @@ pub enum ModelError {
     #[error("{0}")]
     Folder(String),
 
+    /// A GGUF file that cannot be used; `message` names the metadata key or tensor.
+    #[error("{path}: {message}")]
+    Gguf { path: PathBuf, message: String },
+
     #[error("student: {0}")]
     Student(String),
 

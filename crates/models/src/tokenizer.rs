@@ -66,16 +66,30 @@ impl TextTokenizer {
                 "file not found (expected a Hugging Face tokenizer.json)".into(),
             ));
         }
-        if max_len < 2 {
-            return Err(err(format!("max length must be at least 2, got {max_len}")));
-        }
-        let mut inner = Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
+        let inner = Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
         // The file may pad to a fixed length (all-MiniLM pads to 128); we pad per batch instead.
         let pad_id = inner
             .get_padding()
             .map(|p| p.pad_id)
-            .or_else(|| inner.token_to_id("[PAD]"))
-            .unwrap_or(0);
+            .or_else(|| inner.token_to_id("[PAD]"));
+        Self::from_tokenizer(inner, path, max_len, pad_id)
+    }
+
+    /// Wraps a tokenizer built elsewhere (from a GGUF file's vocabulary); `source` names it in
+    /// errors. Padding uses `pad_id` (0 when `None`) and is added per batch.
+    pub fn from_tokenizer(
+        mut inner: Tokenizer,
+        source: &Path,
+        max_len: usize,
+        pad_id: Option<u32>,
+    ) -> Result<Self> {
+        let err = |message: String| ModelError::Tokenizer {
+            path: source.to_path_buf(),
+            message,
+        };
+        if max_len < 2 {
+            return Err(err(format!("max length must be at least 2, got {max_len}")));
+        }
         inner.with_padding(None);
         inner
             .with_truncation(Some(TruncationParams {
@@ -87,10 +101,26 @@ impl TextTokenizer {
             .map_err(|e| err(e.to_string()))?;
         Ok(Self {
             inner,
-            pad_id,
+            pad_id: pad_id.unwrap_or(0),
             max_len,
-            path: path.to_path_buf(),
+            path: source.to_path_buf(),
         })
+    }
+
+    /// Writes the tokenizer as a `tokenizer.json` (without our truncation, which is a property
+    /// of a run, not of the tokenizer).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut t = self.inner.clone();
+        t.with_truncation(None).map_err(|e| ModelError::Tokenizer {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        let json = t.to_string(true).map_err(|e| ModelError::Tokenizer {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        distillery_util::fs::write_atomic(path, json.as_bytes())?;
+        Ok(())
     }
 
     pub fn max_len(&self) -> usize {
@@ -103,6 +133,11 @@ impl TextTokenizer {
 
     pub fn pad_id(&self) -> u32 {
         self.pad_id
+    }
+
+    /// The token string of `id` (special tokens included), if the vocabulary has it.
+    pub fn token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
     }
 
     /// The text of `ids`, special tokens left out.

@@ -1,13 +1,15 @@
 //! `distillery generate`: continue prompts with a LLaMA-family decoder, greedy or sampled, on a
 //! KV cache. One `--prompt` prints its continuation; `--input` (one prompt per line) or
 //! `--output` writes JSONL `{prompt, completion, tokens}`. Tokens per second go to stderr.
+//! `--chat` wraps each prompt as a user turn in the model's chat template; the JSONL keeps the
+//! prompt as given.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use distillery_models::llama::{load_llama, Sampling};
-use distillery_models::{LoadOptions, TextInput, TextTokenizer};
+use distillery_models::llama::{open_decoder, Sampling};
+use distillery_models::{LoadOptions, TextInput};
 
 #[derive(Debug)]
 pub struct GenerateArgs {
@@ -19,6 +21,7 @@ pub struct GenerateArgs {
     pub temperature: f64,
     pub top_p: f64,
     pub seed: u64,
+    pub chat: bool,
 }
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
@@ -27,13 +30,9 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         (None, Some(f)) => crate::textfile::read_lines(f)?,
         _ => bail!("give exactly one of --prompt and --input"),
     };
-    let model = load_llama(&args.model, &LoadOptions::default())
+    let decoder = open_decoder(&args.model, &LoadOptions::default(), None)
         .with_context(|| format!("loading model {}", args.model.display()))?;
-    let tok = TextTokenizer::from_file(
-        &args.model.join("tokenizer.json"),
-        model.config.max_position_embeddings,
-    )
-    .with_context(|| format!("loading the tokenizer of {}", args.model.display()))?;
+    let (model, tok) = (&decoder.model, &decoder.tokenizer);
     let sampling = Sampling {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
@@ -45,7 +44,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let (mut out, mut generated) = (String::new(), 0usize);
     let mut texts = Vec::new();
     for prompt in &prompts {
-        let enc = tok.encode_batch(&[TextInput::Single(prompt.clone())])?;
+        let text = match args.chat {
+            true => decoder.chat_prompt(prompt)?,
+            false => prompt.clone(),
+        };
+        let enc = tok.encode_batch(&[TextInput::Single(text)])?;
         let tokens = model
             .generate(&enc.input_ids, &sampling)
             .with_context(|| format!("prompt {prompt:?}"))?;

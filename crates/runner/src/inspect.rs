@@ -1,10 +1,13 @@
 //! `distillery inspect`: a model's config and parameter counts per part, for both families
-//! (BERT encoders and LLaMA-family decoders, told apart by `config.json`'s `model_type`).
+//! (BERT encoders and LLaMA-family decoders, told apart by `config.json`'s `model_type`), and
+//! for GGUF files from their header alone, with the quantisation types.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use distillery_models::llama::load_llama;
+use std::collections::BTreeMap;
+
+use distillery_models::llama::{is_gguf, load_llama, GgufFile, LlamaConfig};
 use distillery_models::{load_model, LoadOptions};
 
 /// The `model_type` of `dir/config.json` (`bert` when absent); errors name the file.
@@ -22,6 +25,9 @@ fn model_type(dir: &Path) -> Result<String> {
 }
 
 pub fn run(dir: &Path, json: bool) -> Result<()> {
+    if is_gguf(dir) {
+        return gguf(dir, json);
+    }
     if ["llama", "mistral", "qwen2"].contains(&model_type(dir)?.as_str()) {
         return decoder(dir, json);
     }
@@ -84,27 +90,76 @@ fn decoder(dir: &Path, json: bool) -> Result<()> {
             None if name.starts_with("model.norm") => "final_norm".into(),
             None => "lm_head".into(),
         };
-        match counts.iter_mut().find(|(p, _)| *p == part) {
-            Some((_, n)) => *n += t.elem_count(),
-            None => counts.push((part, t.elem_count())),
-        }
+        add(&mut counts, part, t.elem_count());
     }
+    report(dir, &model.config, &counts, None, json)
+}
+
+/// A GGUF file, read from its header alone: the config from its metadata, parameters per part
+/// from the tensor shapes, and how many tensors use each quantisation type.
+fn gguf(path: &Path, json: bool) -> Result<()> {
+    let file = GgufFile::open(path)?;
+    let config = file.config()?;
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for t in file.tensors() {
+        let part = match t.name.strip_prefix("blk.") {
+            Some(rest) => format!("layer.{}", rest.split('.').next().unwrap_or("?")),
+            None if t.name.starts_with("token_embd") => "embeddings".into(),
+            None if t.name.starts_with("output_norm") => "final_norm".into(),
+            None => "lm_head".into(),
+        };
+        add(&mut counts, part, t.shape.iter().product());
+    }
+    counts.sort_by_key(|(p, _)| part_order(p));
+    report(path, &config, &counts, Some(file.kind_counts()), json)
+}
+
+fn add(counts: &mut Vec<(String, usize)>, part: String, n: usize) {
+    match counts.iter_mut().find(|(p, _)| *p == part) {
+        Some((_, c)) => *c += n,
+        None => counts.push((part, n)),
+    }
+}
+
+/// Embeddings, the blocks in order, the final norm, the head.
+fn part_order(part: &str) -> (usize, usize) {
+    match part.strip_prefix("layer.") {
+        Some(l) => (1, l.parse().unwrap_or(usize::MAX)),
+        None if part == "embeddings" => (0, 0),
+        None if part == "final_norm" => (2, 0),
+        None => (3, 0),
+    }
+}
+
+fn report(
+    path: &Path,
+    c: &LlamaConfig,
+    counts: &[(String, usize)],
+    kinds: Option<BTreeMap<String, usize>>,
+    json: bool,
+) -> Result<()> {
     let total: usize = counts.iter().map(|(_, n)| n).sum();
-    let c = &model.config;
     if json {
         let parts: serde_json::Map<String, serde_json::Value> = counts
             .iter()
             .map(|(p, n)| (p.clone(), (*n).into()))
             .collect();
-        let doc = serde_json::json!({ "config": c.to_hf_json(), "parameters": parts, "total_parameters": total });
+        let mut doc = serde_json::json!({ "config": c.to_hf_json(), "parameters": parts, "total_parameters": total });
+        if let Some(k) = &kinds {
+            doc["quantisation"] = serde_json::to_value(k)?;
+        }
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
-    println!("model        {}", dir.display());
+    println!("model        {}", path.display());
     println!(
         "architecture {}",
         c.to_hf_json()["architectures"][0].as_str().unwrap_or("?")
     );
+    if let Some(k) = &kinds {
+        let list: Vec<String> = k.iter().map(|(t, n)| format!("{t} ×{n}")).collect();
+        println!("tensors      {} (GGUF)", list.join(", "));
+    }
     println!("layers       {}", c.num_hidden_layers);
     println!("hidden       {}", c.hidden_size);
     println!(
@@ -117,7 +172,7 @@ fn decoder(dir: &Path, json: bool) -> Result<()> {
     println!("tied head    {}", c.tie_word_embeddings);
     println!();
     println!("{:<20} {:>12}", "part", "parameters");
-    for (part, n) in &counts {
+    for (part, n) in counts {
         println!("{part:<20} {n:>12}");
     }
     println!("{:<20} {:>12}", "total", total);

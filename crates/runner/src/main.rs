@@ -166,7 +166,8 @@ enum Command {
     },
     /// Continue prompts with a decoder (LLaMA family): greedy at temperature 0, else sampled.
     Generate {
-        /// A Hugging Face decoder folder (config.json, model.safetensors, tokenizer.json).
+        /// A Hugging Face decoder folder (config.json, model.safetensors, tokenizer.json) or a
+        /// GGUF file.
         #[arg(long)]
         model: PathBuf,
         /// One prompt; its continuation is printed.
@@ -187,11 +188,15 @@ enum Command {
         top_p: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Wrap each prompt as a user message in the model's chat template.
+        #[arg(long)]
+        chat: bool,
     },
     /// Per line of a text file: a decoder's (LLaMA family) mean next-token negative
     /// log-likelihood and perplexity, as JSONL, then a summary line for the whole file.
     Perplexity {
-        /// A Hugging Face decoder folder (config.json, model.safetensors, tokenizer.json).
+        /// A Hugging Face decoder folder (config.json, model.safetensors, tokenizer.json) or a
+        /// GGUF file.
         #[arg(long)]
         model: PathBuf,
         /// A UTF-8 text file, one text per line.
@@ -208,6 +213,7 @@ enum Command {
     },
     /// Print a model's config and its parameter count per part.
     Inspect {
+        /// A Hugging Face model folder (BERT or LLaMA family) or a GGUF file.
         #[arg(long)]
         model: PathBuf,
         /// Print JSON instead of a table.
@@ -245,6 +251,7 @@ fn main() -> ExitCode {
             temperature,
             top_p,
             seed,
+            chat,
         } => generate::run(&generate::GenerateArgs {
             model,
             prompt,
@@ -254,6 +261,7 @@ fn main() -> ExitCode {
             temperature,
             top_p,
             seed,
+            chat,
         }),
         Command::Perplexity {
             model,

@@ -7,13 +7,14 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use candle_core::Device;
-use distillery_models::llama::{load_llama, next_token_nll};
-use distillery_models::{LoadOptions, TextInput, TextTokenizer};
+use distillery_models::llama::{next_token_nll, open_decoder};
+use distillery_models::{LoadOptions, TextInput};
 use serde_json::json;
 
 #[derive(Debug)]
 pub struct PerplexityArgs {
-    /// A Hugging Face decoder folder (config.json, model.safetensors, tokenizer.json).
+    /// A Hugging Face decoder folder (config.json, model.safetensors, tokenizer.json) or a
+    /// GGUF file.
     pub model: PathBuf,
     pub input: PathBuf,
     pub output: Option<PathBuf>,
@@ -22,11 +23,9 @@ pub struct PerplexityArgs {
 }
 
 pub fn run(args: &PerplexityArgs) -> Result<()> {
-    let model = load_llama(&args.model, &LoadOptions::default())
+    let decoder = open_decoder(&args.model, &LoadOptions::default(), Some(args.max_len))
         .with_context(|| format!("loading model {}", args.model.display()))?;
-    let max_len = args.max_len.min(model.config.max_position_embeddings);
-    let tok = TextTokenizer::from_file(&args.model.join("tokenizer.json"), max_len)
-        .with_context(|| format!("loading the tokenizer of {}", args.model.display()))?;
+    let (model, tok) = (&decoder.model, &decoder.tokenizer);
     let texts = crate::textfile::read_lines(&args.input)?;
     let start = std::time::Instant::now();
     let mut out = String::new();
