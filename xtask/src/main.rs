@@ -2,6 +2,8 @@
 //!
 //! cargo xtask fixtures                 fetch the real fixtures (scripts/fetch-fixtures.sh)
 //! cargo xtask bench forward [--json]   all-MiniLM-L6-v2 forward, batch 32 x seq 128, vs PyTorch
+//! cargo xtask bench lm-forward [--json] [--iters N]   SmolLM2-135M forward 8 x 256 and greedy
+//!                                      generation of 128 tokens, vs PyTorch eager
 //! cargo xtask bench attention-kl [--json] [--iters N]
 //!                                      fused vs slow vs PyTorch attention KL, fwd + bwd
 //! cargo xtask bench ops                per-op cost of one MiniLM layer (profiling aid)
@@ -20,6 +22,7 @@ use anyhow::{bail, Context, Result};
 
 mod bench_attention_kl;
 mod bench_forward;
+mod bench_lm_forward;
 mod bench_ops;
 mod bench_step;
 mod export_check;
@@ -51,6 +54,11 @@ fn main() -> Result<()> {
     match words.as_slice() {
         ["fixtures"] => util::run_script("scripts/fetch-fixtures.sh"),
         ["bench", "forward"] => bench_forward::run(json, &args),
+        ["bench", "lm-forward"] => bench_lm_forward::run(json, &args),
+        // Internal: the measured process of `bench lm-forward`.
+        ["bench-lm-forward-child", model, iters] => {
+            bench_lm_forward::child(model, iters.parse().context("iterations")?)
+        }
         ["bench", "ops"] => bench_ops::run(),
         ["bench", "step"] => bench_step::run(json, &args),
         // Internal: the measured process of `bench step`.
@@ -70,7 +78,7 @@ fn main() -> Result<()> {
         // Internal: the measured process of `bench forward`, so its peak RSS is its own.
         ["bench-forward-child", model, iters] => bench_forward::child(model, iters.parse().context("iterations")?),
         _ => bail!(
-            "usage: cargo xtask fixtures | cargo xtask bench (forward|attention-kl|ops|step) [--json] [--iters N] | cargo xtask kernels [--check] [--no-emulate] [--tsan] | cargo xtask gpu-check [--dev]\n(got {:?})",
+            "usage: cargo xtask fixtures | cargo xtask bench (forward|lm-forward|attention-kl|ops|step) [--json] [--iters N] | cargo xtask kernels [--check] [--no-emulate] [--tsan] | cargo xtask gpu-check [--dev]\n(got {:?})",
             args
         ),
     }

@@ -4,6 +4,7 @@
 //! from plain candle ops, so every operation has a gradient; the fused CPU versions come next.
 
 use candle_core::{DType, Device, Tensor, D};
+use distillery_kernels::fused;
 
 use super::config::LlamaConfig;
 use crate::error::{ModelError, Result};
@@ -76,12 +77,30 @@ impl Proj {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.broadcast_matmul(&self.weight.t()?)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
+        match &self.bias {
+            Some(b) => project(x, &self.weight, b),
+            None => project(x, &self.weight, &zeros(&self.weight)?),
+        }
     }
+}
+
+/// A zero bias for `w`'s rows: the projections without a bias still go through the one GEMM
+/// of `fused::linear` (OpenBLAS where loaded), where `broadcast_matmul` runs candle's own
+/// batched GEMM. Not a parameter: a student trains no bias it did not have.
+fn zeros(w: &Tensor) -> Result<Tensor> {
+    Ok(Tensor::zeros(w.dim(0)?, w.dtype(), w.device())?)
+}
+
+/// `x·Wᵀ + b` over the last dimension of `x` ([.., in]), as one [rows, in] GEMM.
+fn project(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let input = dims[dims.len() - 1];
+    let rows = x.elem_count() / input.max(1);
+    let y = fused::linear(&x.reshape((rows, input))?, w, b)?;
+    let mut out = dims;
+    let last = out.len() - 1;
+    out[last] = w.dim(0)?;
+    Ok(y.reshape(out)?)
 }
 
 #[derive(Debug, Clone)]
@@ -260,7 +279,7 @@ impl LlamaModel {
         }
         let last_hidden = rms_norm(&x, &self.norm, c.rms_norm_eps)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let logits = last_hidden.broadcast_matmul(&head.t()?)?;
+        let logits = project(&last_hidden, head, &zeros(head)?)?;
         Ok(DecoderOutput {
             hidden_states,
             last_hidden,
@@ -315,7 +334,7 @@ impl LlamaModel {
         cache.seen += n;
         let last = rms_norm(&x, &self.norm, c.rms_norm_eps)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        Ok(last.broadcast_matmul(&head.t()?)?)
+        project(&last, head, &zeros(head)?)
     }
 
     fn block(
