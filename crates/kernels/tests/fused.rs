@@ -1,4 +1,4 @@
-//! The fused row-wise ops (GELU, softmax, layer norm) against their composite references:
+//! The fused row-wise ops (GELU, softmax, layer norm, RMS norm) against their composite references:
 //! values and gradients, on shapes whose width is and is not a multiple of the vector width,
 //! plus a finite-difference check of each backward. A second binary runs the portable path.
 #![allow(clippy::unwrap_used, clippy::type_complexity)]
@@ -135,6 +135,79 @@ fn layer_norm_matches_the_composite_for_x_w_and_b() {
 }
 
 #[test]
+fn rms_norm_matches_the_composite_for_x_and_w() {
+    let mut rng = Rng::new(13);
+    for shape in SHAPES {
+        let width = *shape.last().unwrap();
+        let x = (randn(&mut rng, shape, 2.0) + 0.7).unwrap();
+        let w = Var::from_tensor(&(randn(&mut rng, &[width], 0.5) + 1.0).unwrap()).unwrap();
+        compare(
+            "rms_norm",
+            &x,
+            &|x| rms_norm(x, w.as_tensor(), 1e-5).unwrap(),
+            &|x| rms_norm_slow(x, w.as_tensor(), 1e-5).unwrap(),
+            2e-5,
+        );
+        let u = randn(&mut rng, shape, 1.0);
+        let dw = |fused: bool| {
+            let y = match fused {
+                true => rms_norm(&x, w.as_tensor(), 1e-5),
+                false => rms_norm_slow(&x, w.as_tensor(), 1e-5),
+            };
+            let g = (y.unwrap() * &u)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            to_vec(g.get(w.as_tensor()).unwrap())
+        };
+        assert_close("rms_norm dw", &dw(true), &dw(false), 2e-5);
+    }
+}
+
+/// The weight gradient of the fused RMS norm against central differences of the f64 reference.
+#[test]
+fn rms_norm_weight_gradient_matches_finite_differences() {
+    let mut rng = Rng::new(14);
+    let x = randn(&mut rng, &[4, 19], 1.5);
+    let w = (randn(&mut rng, &[19], 0.3) + 1.0).unwrap();
+    let u = randn(&mut rng, &[4, 19], 1.0);
+    let v = Var::from_tensor(&w).unwrap();
+    let g = (rms_norm(&x, v.as_tensor(), 1e-5).unwrap() * &u)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let analytic = to_vec(g.get(v.as_tensor()).unwrap());
+    let (x64, u64_) = (
+        x.to_dtype(DType::F64).unwrap(),
+        u.to_dtype(DType::F64).unwrap(),
+    );
+    let base: Vec<f64> = to_vec(&w).iter().map(|&v| f64::from(v)).collect();
+    for i in [0, 7, 16, 18] {
+        let at = |d: f64| {
+            let mut p = base.clone();
+            p[i] += d;
+            let t = Tensor::from_vec(p, 19, &Device::Cpu).unwrap();
+            (rms_norm_slow(&x64, &t, 1e-5).unwrap() * &u64_)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
+        let got = f64::from(analytic[i]);
+        assert!(
+            (got - fd).abs() <= 1e-5 * fd.abs().max(1.0),
+            "rms_norm dw[{i}]: fused {got} vs finite difference {fd}"
+        );
+    }
+}
+
+#[test]
 fn backward_ops_match_finite_differences_in_f64_reference_terms() {
     // The fused ops compute in f32: compare their gradient with central differences of the
     // f64 reference at a few points.
@@ -170,6 +243,11 @@ fn backward_ops_match_finite_differences_in_f64_reference_terms() {
                 )
                 .unwrap()
             }),
+        ),
+        (
+            "rms_norm",
+            Box::new(|x| rms_norm(x, &w, 1e-5).unwrap()),
+            Box::new(|x| rms_norm_slow(x, &w.to_dtype(DType::F64).unwrap(), 1e-5).unwrap()),
         ),
     ];
     let u64_ = u.to_dtype(DType::F64).unwrap();

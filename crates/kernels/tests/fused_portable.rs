@@ -32,6 +32,12 @@ fn portable_path_matches_the_references() {
         &to_vec(&layer_norm_slow(&x, &w, &b, 1e-12).unwrap()),
         2e-5,
     );
+    assert_close(
+        "rms_norm",
+        &to_vec(&rms_norm(&x, &w, 1e-5).unwrap()),
+        &to_vec(&rms_norm_slow(&x, &w, 1e-5).unwrap()),
+        2e-5,
+    );
     // Scores [5, 1, 37] with a key mask [5, 37] (one group per row).
     let scores = x.unsqueeze(1).unwrap();
     let mask = common::random_mask(&mut rng, 5, 37);

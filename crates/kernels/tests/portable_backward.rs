@@ -144,6 +144,24 @@ fn layer_norm_forward_and_backward_for_x_w_and_b() {
     }
 }
 
+#[test]
+fn rms_norm_forward_and_backward_for_x_and_w() {
+    force_portable();
+    let mut rng = Rng::new(6);
+    for shape in SHAPES {
+        let width = *shape.last().unwrap();
+        let x = (randn(&mut rng, shape, 2.0) + 0.7).unwrap();
+        let w = (randn(&mut rng, &[width], 0.5) + 1.0).unwrap();
+        compare(
+            &format!("rms_norm {shape:?}"),
+            &[x, w],
+            &|t| rms_norm(&t[0], &t[1], 1e-5).unwrap(),
+            &|t| rms_norm_slow(&t[0], &t[1], 1e-5).unwrap(),
+            2e-5,
+        );
+    }
+}
+
 /// The attention block's softmax and its backward run on the portable path: values and the
 /// gradients of q, k and v, with padded keys and dropout on and off.
 #[test]

@@ -15,6 +15,7 @@ mod gelu;
 mod heads;
 mod layer_norm;
 mod matmul;
+mod rms_norm;
 mod softmax;
 
 pub use attention::{attention, attention_slow, AttentionConfig};
@@ -24,6 +25,7 @@ pub use gelu::{gelu_erf, gelu_erf_slow};
 pub use heads::{merge_heads, merge_heads_slow, split_heads, split_heads_slow};
 pub use layer_norm::{layer_norm, layer_norm_slow};
 pub use matmul::{bmm, bmm_scaled, bmm_scaled_slow, linear, linear_slow};
+pub use rms_norm::{rms_norm, rms_norm_slow};
 pub use softmax::{
     softmax_last_dim, softmax_last_dim_masked, softmax_last_dim_masked_slow, softmax_last_dim_slow,
 };

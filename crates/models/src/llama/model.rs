@@ -130,9 +130,7 @@ pub struct LlamaModel {
 
 /// `x / √(mean(x²) + ε) · w` over the last dimension, in f32.
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let x = x.to_dtype(DType::F32)?;
-    let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(x.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(w)?)
+    Ok(fused::rms_norm(&x.to_dtype(DType::F32)?, w, eps as f32)?)
 }
 
 /// `[-x₂, x₁]` for `x = [x₁, x₂]` split in halves along the last dimension.
