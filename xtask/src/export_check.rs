@@ -122,7 +122,8 @@ fn causal_expected(
     let t = |v: &[Vec<u32>]| candle_core::Tensor::new(v.to_vec(), &Device::Cpu);
     let logits = student
         .forward(&t(ids)?, &t(mask)?)?
-        .logits
+        .token_logits
+        .context("no token logits")?
         .to_vec3::<f32>()?;
     Ok(serde_json::json!({ "input_ids": ids, "attention_mask": mask, "logits": logits }))
 }

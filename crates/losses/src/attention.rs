@@ -2,7 +2,7 @@
 
 use candle_core::Tensor;
 use distillery_kernels::{attention_kl, relation_kl, AttentionKlConfig};
-use distillery_models::{BertOutput, LayerAttention};
+use distillery_models::{LayerAttention, ModelOutput};
 
 use crate::error::{LossError, Result};
 use crate::mapping::LayerPair;
@@ -43,8 +43,8 @@ pub struct AttentionLoss {
 impl AttentionLoss {
     pub fn compute(
         &self,
-        student: &BertOutput,
-        teacher: &BertOutput,
+        student: &ModelOutput,
+        teacher: &ModelOutput,
         pairs: &[LayerPair],
     ) -> Result<Tensor> {
         if pairs.is_empty() {
@@ -78,7 +78,7 @@ impl AttentionLoss {
     }
 }
 
-fn attention_of<'a>(out: &'a BertOutput, l: usize, who: &str) -> Result<&'a LayerAttention> {
+fn attention_of<'a>(out: &'a ModelOutput, l: usize, who: &str) -> Result<&'a LayerAttention> {
     if l == 0 {
         return Err(LossError::Mapping(format!(
             "{who} layer 0 is the embedding output and has no attention"

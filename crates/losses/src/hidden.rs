@@ -1,7 +1,7 @@
 //! L_hidden: hidden-state losses between mapped student and teacher layers.
 
 use candle_core::{Tensor, D};
-use distillery_models::BertOutput;
+use distillery_models::ModelOutput;
 
 use crate::error::{LossError, Result};
 use crate::mapping::LayerPair;
@@ -31,8 +31,8 @@ impl HiddenLoss {
     /// per term (embedding term first when included).
     pub fn compute(
         &self,
-        student: &BertOutput,
-        teacher: &BertOutput,
+        student: &ModelOutput,
+        teacher: &ModelOutput,
         pairs: &[LayerPair],
         projections: &[Projection],
     ) -> Result<Tensor> {
@@ -76,7 +76,7 @@ impl HiddenLoss {
     }
 }
 
-fn layer<'a>(out: &'a BertOutput, l: usize, who: &str) -> Result<&'a Tensor> {
+fn layer<'a>(out: &'a ModelOutput, l: usize, who: &str) -> Result<&'a Tensor> {
     out.hidden_states.get(l).ok_or_else(|| {
         LossError::Mapping(format!(
             "{who} layer {l} does not exist (the {who} has layers 0..={})",

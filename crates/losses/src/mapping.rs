@@ -1,6 +1,6 @@
 //! Which student layer learns from which teacher layer.
 //!
-//! Layers are numbered as `BertOutput::hidden_states`: 0 is the embedding output, 1..=N the
+//! Layers are numbered as `ModelOutput::hidden_states`: 0 is the embedding output, 1..=N the
 //! encoder layers. A map pairs each student layer 1..=S with a teacher layer in 1..=T; the
 //! embedding pair (0, 0) is added by the losses that ask for it.
 

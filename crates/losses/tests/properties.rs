@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use distillery_losses::*;
-use distillery_models::{random_student, testing, BertOutput, ForwardOptions};
+use distillery_models::{random_student, testing, ForwardOptions, ModelOutput};
 use proptest::prelude::*;
 
 fn scalar(t: &Tensor) -> f64 {
@@ -242,7 +242,7 @@ fn padded_positions_do_not_count() {
     assert_eq!(scalar(&hidden_mse(&h_s, &h_t, &none, None).unwrap()), 0.0);
 }
 
-fn outputs(heads_s: usize) -> (BertOutput, BertOutput) {
+fn outputs(heads_s: usize) -> (ModelOutput, ModelOutput) {
     let teacher = random_student(
         testing::tiny_config(&["a", "b"]),
         1,

@@ -9,7 +9,7 @@ use crate::error::{ModelError, Result};
 use crate::layers::{
     activation, bmm, dropout, dropout_seed, masked_softmax, Kernels, LayerNorm, Linear,
 };
-use crate::output::{BertOutput, LayerAttention};
+use crate::output::{LayerAttention, ModelOutput};
 use crate::params::{Init, ParamBuilder};
 
 /// Options of one forward pass.
@@ -179,7 +179,7 @@ impl BertModel {
         token_type_ids: Option<&Tensor>,
         attention_mask: &Tensor,
         opts: &ForwardOptions,
-    ) -> Result<BertOutput> {
+    ) -> Result<ModelOutput> {
         self.forward_with(
             input_ids,
             token_type_ids,
@@ -197,7 +197,7 @@ impl BertModel {
         attention_mask: &Tensor,
         opts: &ForwardOptions,
         kernels: Kernels,
-    ) -> Result<BertOutput> {
+    ) -> Result<ModelOutput> {
         let c = &self.config;
         let (b, s) = input_ids.dims2()?;
         if s > c.max_position_embeddings {
@@ -267,11 +267,13 @@ impl BertModel {
             }
             _ => None,
         };
-        Ok(BertOutput {
+        Ok(ModelOutput {
             hidden_states,
             attentions,
             pooled,
             logits,
+            token_logits: None,
+            causal: false,
             mask,
         })
     }
@@ -362,6 +364,7 @@ impl BertModel {
                 value: v2,
                 batch: b,
                 heads,
+                kv_heads: heads,
                 scores,
                 probs,
             },

@@ -149,7 +149,7 @@ fn write_gguf(path: &Path, m: &LlamaModel, kind: GgmlDType, skip: Option<&str>) 
 fn logits(m: &LlamaModel) -> Tensor {
     let ids = Tensor::new(&[[0u32, 65, 66, 95, 3, 40, 41]], &Device::Cpu).unwrap();
     let mask = ids.ones_like().unwrap();
-    m.forward(&ids, &mask).unwrap().logits
+    m.forward(&ids, &mask).unwrap().token_logits.unwrap()
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {

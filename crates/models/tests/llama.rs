@@ -80,12 +80,14 @@ fn check(name: &str) -> LlamaModel {
             want.iter().map(|x| x.abs()).fold(0.0, f32::max) > 1.0,
             "weak reference"
         );
-        worst_logit = worst_logit.max(max_diff(&at(&out.logits), &want));
-        worst_hidden =
-            worst_hidden.max(max_diff(&at(&out.last_hidden), &floats(&r["last_hidden"])));
-        let sum: f32 = out.hidden_states[..layers]
+        worst_logit = worst_logit.max(max_diff(&at(out.token_logits.as_ref().unwrap()), &want));
+        worst_hidden = worst_hidden.max(max_diff(
+            &at(out.last_hidden_state()),
+            &floats(&r["last_hidden"]),
+        ));
+        let sum: f32 = out
+            .hidden_states
             .iter()
-            .chain(std::iter::once(&out.last_hidden))
             .map(|h| at(h).iter().sum::<f32>())
             .sum();
         let want_sum = r["hidden_sum"].as_f64().unwrap() as f32;
@@ -100,8 +102,9 @@ fn check(name: &str) -> LlamaModel {
     assert_eq!(out.attentions.len(), layers);
     let mut worst_att = 0f32;
     for (l, att) in out.attentions.iter().enumerate() {
-        assert_eq!(att.key.dims()[1], model.config.num_key_value_heads);
-        let probs = att.probs(&mask).unwrap();
+        assert_eq!(att.kv_heads, model.config.num_key_value_heads);
+        assert_eq!(att.k().unwrap().dims()[1], model.config.num_key_value_heads);
+        let probs = att.probs_from(&out.mask, out.causal).unwrap();
         let want_l = &reference["attentions"][l];
         for b in 0..3 {
             for h in 0..model.config.num_attention_heads {
@@ -120,7 +123,7 @@ fn check(name: &str) -> LlamaModel {
         worst_att < 1e-5,
         "{name}: attention probabilities differ by {worst_att}"
     );
-    let nll = next_token_nll(&out.logits, &ids, &mask).unwrap();
+    let nll = next_token_nll(out.token_logits.as_ref().unwrap(), &ids, &mask).unwrap();
     for (row, want) in nll.iter().zip(reference["nll"].as_array().unwrap()) {
         let want = want.as_f64().unwrap();
         let got = row.nll.unwrap();
@@ -175,7 +178,9 @@ fn left_padding_changes_nothing_for_the_tokens() {
         .unwrap();
     for i in 0..6 {
         let want = plain
-            .logits
+            .token_logits
+            .as_ref()
+            .unwrap()
             .get(0)
             .unwrap()
             .get(i)
@@ -183,7 +188,9 @@ fn left_padding_changes_nothing_for_the_tokens() {
             .to_vec1::<f32>()
             .unwrap();
         let left = out
-            .logits
+            .token_logits
+            .as_ref()
+            .unwrap()
             .get(0)
             .unwrap()
             .get(i + 3)
@@ -191,7 +198,9 @@ fn left_padding_changes_nothing_for_the_tokens() {
             .to_vec1::<f32>()
             .unwrap();
         let right = out
-            .logits
+            .token_logits
+            .as_ref()
+            .unwrap()
             .get(1)
             .unwrap()
             .get(i)
@@ -208,7 +217,14 @@ fn left_padding_changes_nothing_for_the_tokens() {
         );
     }
     // A fully padded query row is finite (uniform attention), not NaN.
-    let all = out.logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let all = out
+        .token_logits
+        .as_ref()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert!(all.iter().all(|x| x.is_finite()));
 }
 
@@ -244,7 +260,9 @@ fn logits(m: &LlamaModel) -> Vec<f32> {
     let mask = tensor(&[vec![1; 5], vec![0, 0, 1, 1, 1]]);
     m.forward(&ids, &mask)
         .unwrap()
-        .logits
+        .token_logits
+        .as_ref()
+        .unwrap()
         .flatten_all()
         .unwrap()
         .to_vec1()
@@ -429,7 +447,8 @@ fn the_kv_cache_gives_the_logits_of_a_full_forward() {
             &Tensor::ones((1, tokens.len()), candle_core::DType::U32, &Device::Cpu).unwrap(),
         )
         .unwrap()
-        .logits;
+        .token_logits
+        .unwrap();
     for (k, g) in got.iter().enumerate() {
         let want = full
             .get(0)

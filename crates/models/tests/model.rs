@@ -12,7 +12,7 @@ use distillery_models::{
 fn forward(
     model: &distillery_models::BertModel,
     opts: &ForwardOptions,
-) -> distillery_models::BertOutput {
+) -> distillery_models::ModelOutput {
     let (ids, types, mask) = common::tiny_batch();
     model.forward(&ids, Some(&types), &mask, opts).unwrap()
 }

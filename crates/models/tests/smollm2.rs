@@ -107,7 +107,12 @@ fn logits_and_nll_match_transformers() {
         let n = ids.len();
         let input = Tensor::from_vec(ids.clone(), (1, n), &Device::Cpu).unwrap();
         let mask = Tensor::ones((1, n), candle_core::DType::U32, &Device::Cpu).unwrap();
-        let logits = d.model.forward(&input, &mask).unwrap().logits;
+        let logits = d
+            .model
+            .forward(&input, &mask)
+            .unwrap()
+            .token_logits
+            .unwrap();
         let rows = logits.get(0).unwrap().to_vec2::<f32>().unwrap();
         let mut worst = 0.0f64;
         for (i, row) in rows.iter().enumerate() {

@@ -89,7 +89,7 @@ pub fn prepare(
     // equal shapes give the exact bits a live teacher would (see the module doc).
     let in_order = || task.train_in_order(config.data.batch_size);
     let lengths = example_lengths(&mut in_order()?)?;
-    let expected = TeacherCache::estimate(&lengths, &needs, &teacher.model.config, &cfg);
+    let expected = TeacherCache::estimate(&lengths, &needs, &teacher.model.config.shape(), &cfg);
     if !quiet {
         eprintln!(
             "building the teacher cache in {}: {} examples, expected {}",

@@ -71,7 +71,7 @@ pub fn build_projections(
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for t in schedule.stages.iter().flat_map(|s| &s.losses) {
-        for p in t.term.projections(student, teacher) {
+        for p in t.term.projections(&student.shape(), &teacher.shape()) {
             if seen.insert(p.name.clone()) {
                 out.push(Projection::new(
                     vars,

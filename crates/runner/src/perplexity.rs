@@ -35,7 +35,10 @@ pub fn run(args: &PerplexityArgs) -> Result<()> {
         let inputs: Vec<TextInput> = chunk.iter().map(|t| TextInput::Single(t.clone())).collect();
         let enc = tok.encode_batch(&inputs)?;
         let t = enc.to_tensors(&Device::Cpu)?;
-        let logits = model.forward(&t.input_ids, &t.attention_mask)?.logits;
+        let logits = model
+            .forward(&t.input_ids, &t.attention_mask)?
+            .token_logits
+            .context("the decoder returned no token logits")?;
         let rows = next_token_nll(&logits, &t.input_ids, &t.attention_mask)?;
         for (i, (text, r)) in chunk.iter().zip(rows).enumerate() {
             let tokens: u32 = enc.attention_mask[i * enc.seq..(i + 1) * enc.seq]

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 use distillery_data::{BatchConfig, Batcher, Dataset, LabelVocab};
-use distillery_models::{BatchTensors, BertModel, ForwardOptions, TextTokenizer};
+use distillery_models::{BatchTensors, ForwardOptions, Model, TextTokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StageError};
@@ -69,7 +69,7 @@ impl EvalSet {
     }
 
     /// The model's metrics; the model needs a head with one logit per class.
-    pub fn evaluate(&self, model: &BertModel) -> Result<Metrics> {
+    pub fn evaluate(&self, model: &dyn Model) -> Result<Metrics> {
         let mut gold = Vec::new();
         let mut pred = Vec::new();
         let mut nll = 0f64;
@@ -101,13 +101,8 @@ impl EvalSet {
 }
 
 /// Softmax of the head's logits, [batch, classes] f32.
-pub fn probabilities(model: &BertModel, t: &BatchTensors) -> Result<Tensor> {
-    let out = model.forward(
-        &t.input_ids,
-        Some(&t.token_type_ids),
-        &t.attention_mask,
-        &ForwardOptions::default(),
-    )?;
+pub fn probabilities(model: &dyn Model, t: &BatchTensors) -> Result<Tensor> {
+    let out = model.forward_batch(t, &ForwardOptions::default())?;
     let logits = out
         .logits
         .ok_or_else(|| StageError::Config("the model has no classification head".into()))?;

@@ -16,7 +16,7 @@ use candle_core::{Tensor, Var};
 use candle_nn::VarMap;
 use distillery_data::{Batch, Batcher};
 use distillery_losses::Projection;
-use distillery_models::{BertModel, BertOutput, ForwardOptions};
+use distillery_models::{ForwardOptions, Model, ModelOutput};
 use distillery_util::rng::SplitMix64;
 
 use crate::cache::{TeacherCache, TeacherNeeds, TeacherShape};
@@ -54,9 +54,9 @@ pub struct TrainerConfig {
 #[derive(Clone, Copy)]
 pub struct Models<'a> {
     /// Frozen; needed when any stage has a term other than hard-label CE.
-    pub teacher: Option<&'a BertModel>,
+    pub teacher: Option<&'a dyn Model>,
     /// Trainable (built with a `VarMap`).
-    pub student: &'a BertModel,
+    pub student: &'a dyn Model,
     /// Learned hidden-state projections (one shared, or one per hidden-state term), trained
     /// with the student; their variables live in `projection_vars`.
     pub projections: &'a [Projection],
@@ -70,8 +70,8 @@ pub struct Models<'a> {
 impl std::fmt::Debug for Models<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Models")
-            .field("teacher", &self.teacher.map(|t| t.config.num_hidden_layers))
-            .field("student", &self.student.config.num_hidden_layers)
+            .field("teacher", &self.teacher.map(|t| t.shape().layers))
+            .field("student", &self.student.shape())
             .field("projections", &self.projections.len())
             .field("teacher_cache", &self.teacher_cache.map(TeacherCache::dir))
             .finish()
@@ -121,13 +121,13 @@ struct Prepared {
 fn teacher_layers(models: &Models<'_>) -> Option<usize> {
     models
         .teacher
-        .map(|t| t.config.num_hidden_layers)
+        .map(|t| t.shape().layers)
         .or_else(|| models.teacher_cache.map(|c| c.teacher_shape().layers))
 }
 
 fn layers(models: &Models<'_>) -> Layers {
     Layers {
-        student: models.student.config.num_hidden_layers,
+        student: models.student.shape().layers,
         teacher: teacher_layers(models).unwrap_or(0),
     }
 }
@@ -154,15 +154,15 @@ fn check_cache(schedule: &Schedule, models: &Models<'_>) -> Result<()> {
     };
     let shape = cache.teacher_shape();
     if let Some(t) = models.teacher {
-        if TeacherShape::of(&t.config) != shape {
+        if TeacherShape::of(&t.shape()) != shape {
             return Err(StageError::Config(format!(
                 "the teacher cache {} was built for a teacher of shape {shape:?}, the teacher is {:?}",
                 cache.dir().display(),
-                TeacherShape::of(&t.config)
+                TeacherShape::of(&t.shape())
             )));
         }
     }
-    let needs = schedule.teacher_needs(models.student.config.num_hidden_layers, shape.layers)?;
+    let needs = schedule.teacher_needs(models.student.shape().layers, shape.layers)?;
     if let Some(k) = cache.top_k() {
         let mse = schedule
             .stages
@@ -585,30 +585,26 @@ impl<'a> Trainer<'a> {
         let device = self.models.student.device();
         let t = batch.encoded.to_tensors(device)?;
         let needs_teacher = stage.losses.iter().any(|t| t.term.needs_teacher());
-        let teacher_out: Option<BertOutput> = match (self.models.teacher_cache, self.models.teacher)
-        {
-            _ if !needs_teacher => None,
-            (Some(cache), _) => {
-                Some(cache.outputs(&batch.indices, batch.encoded.seq, &t.attention_mask, device)?)
-            }
-            (None, Some(teacher)) => {
-                let mut out = teacher.forward(
-                    &t.input_ids,
-                    Some(&t.token_type_ids),
+        let teacher_out: Option<ModelOutput> =
+            match (self.models.teacher_cache, self.models.teacher) {
+                _ if !needs_teacher => None,
+                (Some(cache), _) => Some(cache.outputs(
+                    &batch.indices,
+                    batch.encoded.seq,
                     &t.attention_mask,
-                    &ForwardOptions::default(),
-                )?;
-                if let Some(needs) = &prepared.needs {
-                    needs.prune(&mut out)?;
+                    device,
+                )?),
+                (None, Some(teacher)) => {
+                    let mut out = teacher.forward_batch(&t, &ForwardOptions::default())?;
+                    if let Some(needs) = &prepared.needs {
+                        needs.prune(&mut out)?;
+                    }
+                    Some(out)
                 }
-                Some(out)
-            }
-            (None, None) => None,
-        };
-        let s = self.models.student.forward(
-            &t.input_ids,
-            Some(&t.token_type_ids),
-            &t.attention_mask,
+                (None, None) => None,
+            };
+        let s = self.models.student.forward_batch(
+            &t,
             &ForwardOptions {
                 train: true,
                 seed,

@@ -47,8 +47,8 @@ use candle_nn::VarMap;
 use distillery_data::{BatchConfig, Batcher, Dataset, Example, LabelOrder, LabelVocab};
 use distillery_losses::*;
 use distillery_models::{
-    load_model, random_student, save_model, testing, BertModel, BertOutput, ForwardOptions,
-    LayerAttention, LoadOptions, TextTokenizer,
+    load_model, random_student, save_model, testing, BertModel, ForwardOptions, LayerAttention,
+    LoadOptions, ModelOutput, TextTokenizer,
 };
 use distillery_stages::cache::MISSING_LOGIT;
 use distillery_stages::*;
@@ -191,7 +191,7 @@ fn build(
     cache
 }
 
-fn forward(t: &BertModel, batch: &distillery_data::Batch) -> BertOutput {
+fn forward(t: &BertModel, batch: &distillery_data::Batch) -> ModelOutput {
     let x = batch.encoded.to_tensors(&Device::Cpu).unwrap();
     t.forward(
         &x.input_ids,
@@ -202,7 +202,7 @@ fn forward(t: &BertModel, batch: &distillery_data::Batch) -> BertOutput {
     .unwrap()
 }
 
-fn cached(cache: &TeacherCache, batch: &distillery_data::Batch) -> BertOutput {
+fn cached(cache: &TeacherCache, batch: &distillery_data::Batch) -> ModelOutput {
     let x = batch.encoded.to_tensors(&Device::Cpu).unwrap();
     cache
         .outputs(
@@ -220,8 +220,8 @@ type Compared = (String, Vec<f32>, Vec<f32>);
 /// Every needed tensor of `a` and `b` at valid positions, as (name, a values, b values), plus
 /// the values `b` holds at padded positions.
 fn valid_values(
-    a: &BertOutput,
-    b: &BertOutput,
+    a: &ModelOutput,
+    b: &ModelOutput,
     needs: &TeacherNeeds,
     lengths: &[usize],
 ) -> (Vec<Compared>, Vec<f32>) {
@@ -256,7 +256,7 @@ fn valid_values(
     };
     for (name, set) in [("q", &needs.q), ("k", &needs.k), ("v", &needs.v)] {
         for &l in set {
-            let pick = |o: &BertOutput| {
+            let pick = |o: &ModelOutput| {
                 let at = &o.attentions[l - 1];
                 merge(
                     at,
@@ -271,7 +271,7 @@ fn valid_values(
         }
     }
     if needs.logits {
-        let flat = |o: &BertOutput| -> Vec<f32> {
+        let flat = |o: &ModelOutput| -> Vec<f32> {
             o.logits
                 .as_ref()
                 .unwrap()
@@ -422,7 +422,7 @@ fn the_teacher_forward_on_ragged_lengths_agrees_across_batches_within_tolerance(
     assert!(padded.encoded.seq > alone.encoded.seq);
     let (a, b) = (forward(&f.teacher, &alone), forward(&f.teacher, &padded));
     let n = alone.encoded.seq;
-    let last = |o: &BertOutput| -> Vec<f32> {
+    let last = |o: &ModelOutput| -> Vec<f32> {
         o.hidden_states[3]
             .narrow(0, 0, 1)
             .unwrap()
@@ -825,7 +825,7 @@ fn the_budget_refuses_a_cache_naming_its_expected_size() {
     let needs = all_needs(3);
     let cfg = config(DType::F32);
     let lengths = example_lengths(&mut in_order(&f)).unwrap();
-    let expected = TeacherCache::estimate(&lengths, &needs, &f.teacher.config, &cfg);
+    let expected = TeacherCache::estimate(&lengths, &needs, &f.teacher.config.shape(), &cfg);
     let dir = f.dir.path().join("cache");
     let cache = build(&f, &dir, "k", &needs, &cfg);
     let written: u64 = std::fs::read_dir(&dir)

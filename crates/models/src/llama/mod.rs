@@ -21,7 +21,7 @@ pub use generate::Sampling;
 pub use gguf::{is_gguf, GgufFile, GgufTensor};
 pub use gguf_tokenizer::{gguf_tokenizer, GgufTokenizerInfo};
 pub use load::load_llama;
-pub use model::{DecoderAttention, DecoderOutput, KvCache, LlamaModel};
+pub use model::{KvCache, LlamaModel};
 pub use nll::{next_token_nll, RowNll};
 pub use open::{open_decoder, Decoder, DecoderSource};
 pub use save::save_llama;

@@ -8,52 +8,8 @@ use distillery_kernels::fused;
 
 use super::config::LlamaConfig;
 use crate::error::{ModelError, Result};
+use crate::output::{key_bias, LayerAttention, ModelOutput};
 use crate::params::{Init, ParamBuilder};
-
-/// What a forward returns: everything a distillation loss or a perplexity needs.
-#[derive(Debug, Clone)]
-pub struct DecoderOutput {
-    /// `hidden_states[0]` is the embedding output, `hidden_states[l]` block l's output (1-based,
-    /// before the final norm), each [batch, seq, hidden].
-    pub hidden_states: Vec<Tensor>,
-    /// The final norm of the last block's output, [batch, seq, hidden].
-    pub last_hidden: Tensor,
-    /// Next-token logits per position, [batch, seq, vocab].
-    pub logits: Tensor,
-    /// The padding mask the forward used, f32 [batch, seq] (1 = token).
-    pub mask: Tensor,
-    /// Per block (`attentions[l - 1]` is block l), the queries and keys after RoPE and the
-    /// values, as attention used them: what attention-transfer losses read.
-    pub attentions: Vec<DecoderAttention>,
-}
-
-/// One block's attention inputs; keys and values have their own (grouped) head count.
-#[derive(Debug, Clone)]
-pub struct DecoderAttention {
-    /// [batch, heads, seq, head_dim], rotated.
-    pub query: Tensor,
-    /// [batch, kv_heads, seq, head_dim], rotated.
-    pub key: Tensor,
-    /// [batch, kv_heads, seq, head_dim].
-    pub value: Tensor,
-}
-
-impl DecoderAttention {
-    /// The attention probabilities [batch, heads, seq, seq] under the causal and padding mask
-    /// `mask` [batch, seq], materialised (query head i reads key head i / (heads / kv_heads)).
-    pub fn probs(&self, mask: &Tensor) -> Result<Tensor> {
-        let (b, heads, l, d) = self.query.dims4()?;
-        let kv = self.key.dim(1)?;
-        let key = self
-            .key
-            .unsqueeze(2)?
-            .expand((b, kv, heads / kv, l, d))?
-            .reshape((b, heads, l, d))?;
-        let scores = (self.query.matmul(&key.t()?)? / (d as f64).sqrt())?
-            .broadcast_add(&attention_bias(&mask.to_dtype(DType::F32)?, l)?)?;
-        Ok(candle_nn::ops::softmax(&scores, D::Minus1)?)
-    }
-}
 
 #[derive(Debug, Clone)]
 struct Proj {
@@ -126,6 +82,18 @@ pub struct LlamaModel {
     lm_head: Option<Tensor>,
     /// Rotary inverse frequencies, f32 [1, 1, head_dim / 2].
     inv_freq: Tensor,
+    /// The trainable parameters (a student's), `None` when frozen.
+    varmap: Option<Vars>,
+}
+
+/// A `VarMap` (which has no `Debug`) held by the model.
+#[derive(Clone)]
+struct Vars(candle_nn::VarMap);
+
+impl std::fmt::Debug for Vars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VarMap({} variables)", self.0.all_vars().len())
+    }
 }
 
 /// `x / √(mean(x²) + ε) · w` over the last dimension, in f32.
@@ -203,7 +171,20 @@ impl LlamaModel {
             norm,
             lm_head,
             inv_freq,
+            varmap: None,
         })
+    }
+
+    /// Builds the model from `pb` and keeps `pb`'s variables (a trainable student's).
+    pub fn build_owning(config: LlamaConfig, pb: ParamBuilder) -> Result<Self> {
+        let mut model = Self::build(config, &pb)?;
+        model.varmap = pb.into_varmap().map(Vars);
+        Ok(model)
+    }
+
+    /// The trainable parameters (`None` for a frozen model such as a teacher).
+    pub fn varmap(&self) -> Option<&candle_nn::VarMap> {
+        self.varmap.as_ref().map(|v| &v.0)
     }
 
     pub fn device(&self) -> &Device {
@@ -250,7 +231,7 @@ impl LlamaModel {
     /// `input_ids` u32 [batch, seq]; `attention_mask` [batch, seq], 1 for tokens, 0 for padding
     /// (left or right). Positions count tokens only (`cumsum(mask) − 1`), so a left-padded row
     /// gives the values it gives unpadded.
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<DecoderOutput> {
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<ModelOutput> {
         let c = &self.config;
         let (b, l) = input_ids.dims2()?;
         if attention_mask.dims() != [b, l] {
@@ -265,7 +246,7 @@ impl LlamaModel {
             .index_select(&input_ids.flatten_all()?, 0)?
             .reshape((b, l, c.hidden_size))?;
         let (cos, sin) = self.rotary(&mask)?;
-        let bias = attention_bias(&mask, l)?;
+        let bias = key_bias(&mask, l, true)?;
         let mut hidden_states = vec![x.clone()];
         let mut attentions = Vec::with_capacity(self.blocks.len());
         let mut x = x;
@@ -275,15 +256,21 @@ impl LlamaModel {
             hidden_states.push(x.clone());
             attentions.extend(att);
         }
+        // transformers' convention: the last hidden state is after the final norm.
         let last_hidden = rms_norm(&x, &self.norm, c.rms_norm_eps)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let logits = project(&last_hidden, head, &zeros(head)?)?;
-        Ok(DecoderOutput {
+        if let Some(last) = hidden_states.last_mut() {
+            *last = last_hidden;
+        }
+        Ok(ModelOutput {
             hidden_states,
-            last_hidden,
-            logits,
-            mask,
             attentions,
+            pooled: None,
+            logits: None,
+            token_logits: Some(logits),
+            causal: true,
+            mask,
         })
     }
 
@@ -343,7 +330,7 @@ impl LlamaModel {
         sin: &Tensor,
         bias: &Tensor,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
-    ) -> Result<(Tensor, Option<DecoderAttention>)> {
+    ) -> Result<(Tensor, Option<LayerAttention>)> {
         let c = &self.config;
         let (b, l, _) = x.dims3()?;
         let (heads, kv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
@@ -358,11 +345,10 @@ impl LlamaModel {
         let k = rope(&split(blk.k.forward(&h)?, kv)?)?;
         let v = split(blk.v.forward(&h)?, kv)?;
         // Incremental decoding: the keys (after RoPE) and values of earlier tokens come first.
-        let recorded = cache.is_none().then(|| DecoderAttention {
-            query: q.clone(),
-            key: k.clone(),
-            value: v.clone(),
-        });
+        let recorded = match cache {
+            None => Some(LayerAttention::from_heads(&q, &k, &v)?),
+            Some(_) => None,
+        };
         let (k, v) = match cache {
             None => (k, v),
             Some(slot) => {
@@ -417,16 +403,4 @@ impl KvCache {
     pub fn seen(&self) -> usize {
         self.seen
     }
-}
-
-/// 0 where query i may read key j (j ≤ i and j is a token), the f32 minimum elsewhere (never
-/// −∞, so a row with no key — a padding query — is uniform, not NaN), [batch, 1, seq, seq].
-fn attention_bias(mask: &Tensor, l: usize) -> Result<Tensor> {
-    let causal: Vec<f32> = (0..l)
-        .flat_map(|i| (0..l).map(move |j| if j <= i { 1.0 } else { 0.0 }))
-        .collect();
-    let causal = Tensor::from_vec(causal, (1, 1, l, l), mask.device())?;
-    let b = mask.dim(0)?;
-    let allowed = causal.broadcast_mul(&mask.reshape((b, 1, 1, l))?)?;
-    Ok(((1.0 - allowed)? * f64::from(f32::MIN))?)
 }

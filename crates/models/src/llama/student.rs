@@ -65,8 +65,9 @@ pub fn llama_from_layers(
         DType::F32,
         teacher.device(),
     );
-    let model = LlamaModel::build(config, &pb)?;
-    Ok((model, pb.into_varmap()))
+    let model = LlamaModel::build_owning(config, pb)?;
+    let vars = model.varmap().cloned();
+    Ok((model, vars))
 }
 
 /// A seeded random model of `shape` with `base`'s vocabulary, rotary settings, norm epsilon,
@@ -102,6 +103,7 @@ pub fn random_llama(
         ..base.clone()
     };
     let pb = ParamBuilder::new(Stored::None, Some(seed), trainable, DType::F32, device);
-    let model = LlamaModel::build(config, &pb)?;
-    Ok((model, pb.into_varmap()))
+    let model = LlamaModel::build_owning(config, pb)?;
+    let vars = model.varmap().cloned();
+    Ok((model, vars))
 }

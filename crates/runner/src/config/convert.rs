@@ -491,10 +491,12 @@ impl Config {
             ));
         }
         for (name, term) in self.used_terms(choices) {
-            term.term.check(s, t).map_err(|e| match e {
-                terms::TermError::Key { key, message } => term_key_err(&name, &key, message),
-                terms::TermError::Toml(e) => term_key_err(&name, "", e.message()),
-            })?;
+            term.term
+                .check(&s.shape(), &t.shape())
+                .map_err(|e| match e {
+                    terms::TermError::Key { key, message } => term_key_err(&name, &key, message),
+                    terms::TermError::Toml(e) => term_key_err(&name, "", e.message()),
+                })?;
         }
         Ok(())
     }

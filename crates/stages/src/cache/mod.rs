@@ -71,7 +71,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor};
 use distillery_data::Batcher;
-use distillery_models::{BertConfig, BertModel, BertOutput, ForwardOptions, LayerAttention};
+use distillery_models::{ForwardOptions, LayerAttention, Model, ModelOutput, ModelShape};
 use distillery_util::fs::{write_atomic, write_atomic_with};
 use distillery_util::hash::xxh64_file;
 use serde::{Deserialize, Serialize};
@@ -157,12 +157,12 @@ pub struct TeacherShape {
 }
 
 impl TeacherShape {
-    pub fn of(config: &BertConfig) -> Self {
+    pub fn of(shape: &ModelShape) -> Self {
         Self {
-            layers: config.num_hidden_layers,
-            heads: config.num_attention_heads,
-            hidden: config.hidden_size,
-            num_labels: config.labels.len(),
+            layers: shape.layers,
+            heads: shape.heads,
+            hidden: shape.hidden,
+            num_labels: shape.labels,
         }
     }
 }

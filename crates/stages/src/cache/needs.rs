@@ -4,14 +4,14 @@
 use std::collections::BTreeSet;
 
 use candle_core::Tensor;
-use distillery_models::BertOutput;
+use distillery_models::ModelOutput;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 
-/// The teacher outputs a schedule reads, layers numbered as `BertOutput::hidden_states` (0 is
+/// The teacher outputs a schedule reads, layers numbered as `ModelOutput::hidden_states` (0 is
 /// the embedding output, 1..=N the encoder layers). Q/K/V layers are 1-based: layer `l` is
-/// `BertOutput::attentions[l - 1]`.
+/// `ModelOutput::attentions[l - 1]`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TeacherNeeds {
@@ -40,7 +40,7 @@ impl TeacherNeeds {
     /// rather than held for the whole step (at MiniLM's shape, 12 of 18 Q/K/V and 3 of 7
     /// hidden states, 6 MB each). What is dropped becomes the zero-size placeholder that
     /// [`super::TeacherCache::outputs`] returns, which fails any shape check if read.
-    pub fn prune(&self, out: &mut BertOutput) -> Result<()> {
+    pub fn prune(&self, out: &mut ModelOutput) -> Result<()> {
         let device = out.mask.device().clone();
         for (l, h) in out.hidden_states.iter_mut().enumerate() {
             if !self.hidden.contains(&l) {

@@ -170,7 +170,7 @@ impl TeacherCache {
         seq: usize,
         mask: &Tensor,
         device: &Device,
-    ) -> Result<BertOutput> {
+    ) -> Result<ModelOutput> {
         let b = indices.len();
         if mask.dims() != [b, seq] {
             return Err(cache_err(format!(
@@ -250,6 +250,7 @@ impl TeacherCache {
                     value: packed("v", l, &needs.v)?,
                     batch: b,
                     heads,
+                    kv_heads: heads,
                     scores: None,
                     probs: None,
                 })
@@ -293,11 +294,13 @@ impl TeacherCache {
         } else {
             None
         };
-        Ok(BertOutput {
+        Ok(ModelOutput {
             hidden_states,
             attentions,
             pooled: None,
             logits,
+            token_logits: None,
+            causal: false,
             mask: mask.to_dtype(DType::F32)?,
         })
     }

@@ -57,7 +57,7 @@ struct HostBatch {
     logits: Vec<f32>,
 }
 
-fn host_batch(out: &BertOutput, needs: &TeacherNeeds) -> Result<HostBatch> {
+fn host_batch(out: &ModelOutput, needs: &TeacherNeeds) -> Result<HostBatch> {
     let flat = |t: &Tensor| -> Result<Vec<f32>> {
         Ok(t.to_dtype(DType::F32)?
             .to_device(&Device::Cpu)?
@@ -244,8 +244,8 @@ fn clear_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn check_needs(needs: &TeacherNeeds, teacher: &BertModel) -> Result<()> {
-    let layers = teacher.config.num_hidden_layers;
+fn check_needs(needs: &TeacherNeeds, teacher: &ModelShape) -> Result<()> {
+    let layers = teacher.layers;
     let bad = needs.hidden.iter().any(|&l| l > layers)
         || [&needs.q, &needs.k, &needs.v]
             .iter()
@@ -255,7 +255,7 @@ fn check_needs(needs: &TeacherNeeds, teacher: &BertModel) -> Result<()> {
             "teacher cache: needs {needs:?} name layers the {layers}-layer teacher does not have"
         )));
     }
-    if needs.logits && (teacher.classifier.is_none() || teacher.config.labels.is_empty()) {
+    if needs.logits && teacher.labels == 0 {
         return Err(StageError::Config(
             "teacher cache: the logit loss needs teacher logits, and the teacher has no \
              classification head"
@@ -272,7 +272,7 @@ impl TeacherCache {
     pub fn estimate(
         lengths: &[usize],
         needs: &TeacherNeeds,
-        teacher: &BertConfig,
+        teacher: &ModelShape,
         cfg: &CacheConfig,
     ) -> u64 {
         let shape = TeacherShape::of(teacher);
@@ -295,17 +295,18 @@ impl TeacherCache {
     pub fn build(
         dir: &Path,
         key: &str,
-        teacher: &BertModel,
+        teacher: &dyn Model,
         batcher: &mut Batcher<'_>,
         needs: &TeacherNeeds,
         cfg: &CacheConfig,
         progress: &mut dyn FnMut(BuildProgress),
     ) -> Result<TeacherCache> {
         cfg.validate()?;
-        check_needs(needs, teacher)?;
-        let shape = TeacherShape::of(&teacher.config);
+        let model_shape = teacher.shape();
+        check_needs(needs, &model_shape)?;
+        let shape = TeacherShape::of(&model_shape);
         let lengths = example_lengths(batcher)?;
-        let expected = Self::estimate(&lengths, needs, &teacher.config, cfg);
+        let expected = Self::estimate(&lengths, needs, &model_shape, cfg);
         if let Some(budget) = cfg.budget_bytes.filter(|&b| expected > b) {
             return Err(StageError::Config(format!(
                 "teacher cache: {} would need about {} for {} examples, over the budget of {}; \
@@ -324,12 +325,7 @@ impl TeacherCache {
             let batch = batch?;
             check_indices(&batch.indices, done)?;
             let t = batch.encoded.to_tensors(teacher.device())?;
-            let out = teacher.forward(
-                &t.input_ids,
-                Some(&t.token_type_ids),
-                &t.attention_mask,
-                &ForwardOptions::default(),
-            )?;
+            let out = teacher.forward_batch(&t, &ForwardOptions::default())?;
             let host = host_batch(&out, needs)?;
             let seq = batch.encoded.seq;
             for row in 0..batch.len() {

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use candle_core::Tensor;
 use distillery_losses::{AttentionKind, AttentionLoss, LayerMap, Relation};
-use distillery_models::BertConfig;
+use distillery_models::ModelShape;
 use serde::Deserialize;
 use toml::de::ValueDeserializer;
 
@@ -166,11 +166,12 @@ impl LossTerm for AttentionTerm {
         Ok(n)
     }
 
-    fn check(&self, s: &BertConfig, t: &BertConfig) -> TermResult<()> {
-        map::resolve_for(&self.map, s.num_hidden_layers, t.num_hidden_layers)?;
+    fn check(&self, s: &ModelShape, t: &ModelShape) -> TermResult<()> {
+        super::encoder_only(s, t, "kind", "attention")?;
+        map::resolve_for(&self.map, s.layers, t.layers)?;
         match &self.loss.kind {
             AttentionKind::Kl | AttentionKind::ScoreMse => {
-                if s.num_attention_heads != t.num_attention_heads {
+                if s.heads != t.heads {
                     return Err(TermError::key(
                         "kind",
                         format!(
@@ -182,20 +183,20 @@ impl LossTerm for AttentionTerm {
                             } else {
                                 "\"score-mse\""
                             },
-                            s.num_attention_heads,
-                            t.num_attention_heads
+                            s.heads,
+                            t.heads
                         ),
                     ));
                 }
             }
             AttentionKind::Relation { relation_heads, .. } => {
                 let r = *relation_heads;
-                if r == 0 || !s.hidden_size.is_multiple_of(r) || !t.hidden_size.is_multiple_of(r) {
+                if r == 0 || !s.hidden.is_multiple_of(r) || !t.hidden.is_multiple_of(r) {
                     return Err(TermError::key(
                         "relation_heads",
                         format!(
                             "{r} must divide both widths (student {}, teacher {})",
-                            s.hidden_size, t.hidden_size
+                            s.hidden, t.hidden
                         ),
                     ));
                 }

@@ -3,6 +3,7 @@
 
 use candle_core::Tensor;
 use distillery_losses::hard_cross_entropy;
+use distillery_models::ModelShape;
 use serde::Deserialize;
 use toml::de::ValueDeserializer;
 
@@ -52,6 +53,10 @@ impl LossTerm for HardLabelTerm {
 
     fn needs_teacher(&self) -> bool {
         false
+    }
+
+    fn check(&self, s: &ModelShape, t: &ModelShape) -> TermResult<()> {
+        super::encoder_only(s, t, "weight", "hard-label")
     }
 
     fn reads(&self, _layers: Layers) -> Result<TeacherNeeds> {

@@ -3,7 +3,7 @@
 
 use candle_core::Tensor;
 use distillery_losses::{HiddenKind, HiddenLoss, LayerMap};
-use distillery_models::BertConfig;
+use distillery_models::ModelShape;
 use serde::Deserialize;
 use toml::de::ValueDeserializer;
 
@@ -128,27 +128,27 @@ impl LossTerm for HiddenTerm {
         Ok(n)
     }
 
-    fn check(&self, s: &BertConfig, t: &BertConfig) -> TermResult<()> {
-        map::resolve_for(&self.map, s.num_hidden_layers, t.num_hidden_layers)?;
-        if self.projection == Projecting::None && s.hidden_size != t.hidden_size {
+    fn check(&self, s: &ModelShape, t: &ModelShape) -> TermResult<()> {
+        map::resolve_for(&self.map, s.layers, t.layers)?;
+        if self.projection == Projecting::None && s.hidden != t.hidden {
             return Err(TermError::key(
                 "projection",
                 format!(
                     "is \"none\", but the student is {} wide and the teacher {}; use \
                      projection = \"auto\" to learn a linear map",
-                    s.hidden_size, t.hidden_size
+                    s.hidden, t.hidden
                 ),
             ));
         }
         Ok(())
     }
 
-    fn projections(&self, s: &BertConfig, t: &BertConfig) -> Vec<ProjectionSpec> {
-        if self.projection == Projecting::Auto && s.hidden_size != t.hidden_size {
+    fn projections(&self, s: &ModelShape, t: &ModelShape) -> Vec<ProjectionSpec> {
+        if self.projection == Projecting::Auto && s.hidden != t.hidden {
             vec![ProjectionSpec {
                 name: "projection.hidden".into(),
-                from: s.hidden_size,
-                to: t.hidden_size,
+                from: s.hidden,
+                to: t.hidden,
             }]
         } else {
             Vec::new()

@@ -3,6 +3,7 @@
 
 use candle_core::Tensor;
 use distillery_losses::{LogitKind, LogitLoss};
+use distillery_models::ModelShape;
 use serde::Deserialize;
 use toml::de::ValueDeserializer;
 
@@ -114,6 +115,10 @@ impl LossTerm for LogitTerm {
 
     fn mean_over(&self) -> MeanOver {
         MeanOver::Examples
+    }
+
+    fn check(&self, s: &ModelShape, t: &ModelShape) -> TermResult<()> {
+        super::encoder_only(s, t, "temperature", "logit")
     }
 
     fn reads(&self, _layers: Layers) -> Result<TeacherNeeds> {

@@ -21,7 +21,7 @@ use std::sync::{Arc, LazyLock};
 use candle_core::Tensor;
 use distillery_data::Batch;
 use distillery_losses::Projection;
-use distillery_models::{BertConfig, BertOutput};
+use distillery_models::{Family, ModelOutput, ModelShape};
 use toml::de::ValueDeserializer;
 
 use crate::cache::TeacherNeeds;
@@ -61,9 +61,9 @@ pub struct ProjectionSpec {
 pub struct TermContext<'a> {
     /// The stage's name, for errors.
     pub stage: &'a str,
-    pub student: &'a BertOutput,
+    pub student: &'a ModelOutput,
     /// `None` when no term of the stage reads the teacher.
-    pub teacher: Option<&'a BertOutput>,
+    pub teacher: Option<&'a ModelOutput>,
     pub batch: &'a Batch,
     pub layers: Layers,
     /// The learned projections ([`LossTerm::projections`] of the schedule's terms, built by the
@@ -72,7 +72,7 @@ pub struct TermContext<'a> {
 }
 
 impl TermContext<'_> {
-    pub fn teacher(&self, term: &str) -> Result<&BertOutput> {
+    pub fn teacher(&self, term: &str) -> Result<&ModelOutput> {
         self.teacher.ok_or_else(|| {
             StageError::Config(format!(
                 "stage {:?}: the {term} loss needs a teacher",
@@ -97,11 +97,11 @@ pub trait LossTerm: fmt::Debug + Send + Sync {
     fn reads(&self, layers: Layers) -> Result<TeacherNeeds>;
     /// Checks against the two models' shapes (head counts, widths, layer maps); the error's
     /// key is relative to the term's table.
-    fn check(&self, _student: &BertConfig, _teacher: &BertConfig) -> TermResult<()> {
+    fn check(&self, _student: &ModelShape, _teacher: &ModelShape) -> TermResult<()> {
         Ok(())
     }
     /// The learned projections it needs for these models.
-    fn projections(&self, _student: &BertConfig, _teacher: &BertConfig) -> Vec<ProjectionSpec> {
+    fn projections(&self, _student: &ModelShape, _teacher: &ModelShape) -> Vec<ProjectionSpec> {
         Vec::new()
     }
     /// Terms it brings into every stage that lists it (the logit term's hard-label mix).
@@ -168,6 +168,26 @@ impl TermError {
             message: message.to_string(),
         }
     }
+}
+
+/// Refuses decoders for a term whose computation assumes bidirectional attention or
+/// per-example classification logits; `key` is the term's table key the error points at.
+pub(crate) fn encoder_only(
+    s: &ModelShape,
+    t: &ModelShape,
+    key: &str,
+    term: &str,
+) -> TermResult<()> {
+    if s.family == Family::Decoder || t.family == Family::Decoder {
+        return Err(TermError::key(
+            key,
+            format!(
+                "the {term} loss is for encoders (BERT) so far; decoders need its causal, \
+                 per-token form"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl From<toml::de::Error> for TermError {
@@ -248,7 +268,7 @@ fn default_weight() -> f64 {
 }
 
 /// The classification logits of a forward, or an error saying which model lacks a head.
-pub(crate) fn logits_of<'o>(out: &'o BertOutput, who: &str) -> Result<&'o Tensor> {
+pub(crate) fn logits_of<'o>(out: &'o ModelOutput, who: &str) -> Result<&'o Tensor> {
     out.logits.as_ref().ok_or_else(|| {
         StageError::Config(format!(
             "the {who} has no classification head (the logit and hard-label losses need one)"

@@ -9,7 +9,7 @@
 use candle_core::Tensor;
 use distillery_kernels::relation_kl;
 use distillery_losses::LayerMap;
-use distillery_models::{BertConfig, BertOutput, LayerAttention};
+use distillery_models::{LayerAttention, ModelOutput, ModelShape};
 use serde::Deserialize;
 use toml::de::ValueDeserializer;
 
@@ -58,7 +58,7 @@ fn build(d: ValueDeserializer<'_>) -> TermResult<Weighted> {
     Ok(value_relation(s.map, s.weight))
 }
 
-fn layer<'a>(out: &'a BertOutput, l: usize, who: &str) -> Result<&'a LayerAttention> {
+fn layer<'a>(out: &'a ModelOutput, l: usize, who: &str) -> Result<&'a LayerAttention> {
     l.checked_sub(1)
         .and_then(|i| out.attentions.get(i))
         .ok_or_else(|| {
@@ -91,16 +91,17 @@ impl LossTerm for ValueRelationTerm {
         Ok(n)
     }
 
-    fn check(&self, s: &BertConfig, t: &BertConfig) -> TermResult<()> {
-        map::resolve_for(&self.map, s.num_hidden_layers, t.num_hidden_layers)?;
-        if s.num_attention_heads != t.num_attention_heads {
+    fn check(&self, s: &ModelShape, t: &ModelShape) -> TermResult<()> {
+        super::encoder_only(s, t, "map", "value-relation")?;
+        map::resolve_for(&self.map, s.layers, t.layers)?;
+        if s.heads != t.heads {
             return Err(TermError::key(
                 "",
                 format!(
                     "needs equal head counts, but the student has {} heads and the teacher {}; \
                      use [losses.attention] kind = \"relation\" with relations = [\"value\"] \
                      (MiniLMv2), which re-splits both",
-                    s.num_attention_heads, t.num_attention_heads
+                    s.heads, t.heads
                 ),
             ));
         }

@@ -75,7 +75,7 @@ fn attention_relation_and_logit_jsd_settings_convert() {
             ..teacher()
         },
     );
-    assert!(h.term.projections(&s16, &t32).is_empty());
+    assert!(h.term.projections(&s16.shape(), &t32.shape()).is_empty());
     // Relation KL with 8 relation heads: 16-wide models pass, heads may differ.
     let s = BertConfig {
         num_attention_heads: 2,
