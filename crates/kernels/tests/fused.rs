@@ -1,4 +1,4 @@
-//! The fused row-wise ops (GELU, softmax, layer norm, RMS norm) against their composite references:
+//! The fused row-wise ops (GELU, softmax, layer norm, RMS norm, SwiGLU) against their composite references:
 //! values and gradients, on shapes whose width is and is not a multiple of the vector width,
 //! plus a finite-difference check of each backward. A second binary runs the portable path.
 #![allow(clippy::unwrap_used, clippy::type_complexity)]
@@ -166,6 +166,38 @@ fn rms_norm_matches_the_composite_for_x_and_w() {
     }
 }
 
+#[test]
+fn swiglu_matches_the_composite_for_gate_and_up() {
+    let mut rng = Rng::new(15);
+    for shape in SHAPES {
+        // Gates reach ±12: where σ saturates and where it does not.
+        let g = randn(&mut rng, shape, 4.0);
+        let u = Var::from_tensor(&randn(&mut rng, shape, 1.0)).unwrap();
+        compare(
+            "swiglu",
+            &g,
+            &|x| swiglu(x, u.as_tensor()).unwrap(),
+            &|x| swiglu_slow(x, u.as_tensor()).unwrap(),
+            2e-5,
+        );
+        let w = randn(&mut rng, shape, 1.0);
+        let du = |fused: bool| {
+            let y = match fused {
+                true => swiglu(&g, u.as_tensor()),
+                false => swiglu_slow(&g, u.as_tensor()),
+            };
+            let grads = (y.unwrap() * &w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            to_vec(grads.get(u.as_tensor()).unwrap())
+        };
+        assert_close("swiglu du", &du(true), &du(false), 2e-5);
+    }
+}
+
 /// The weight gradient of the fused RMS norm against central differences of the f64 reference.
 #[test]
 fn rms_norm_weight_gradient_matches_finite_differences() {
@@ -243,6 +275,11 @@ fn backward_ops_match_finite_differences_in_f64_reference_terms() {
                 )
                 .unwrap()
             }),
+        ),
+        (
+            "swiglu",
+            Box::new(|x| swiglu(x, &u).unwrap()),
+            Box::new(|x| swiglu_slow(x, &u.to_dtype(DType::F64).unwrap()).unwrap()),
         ),
         (
             "rms_norm",

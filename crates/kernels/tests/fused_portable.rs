@@ -38,6 +38,12 @@ fn portable_path_matches_the_references() {
         &to_vec(&rms_norm_slow(&x, &w, 1e-5).unwrap()),
         2e-5,
     );
+    assert_close(
+        "swiglu",
+        &to_vec(&swiglu(&x, &x.sin().unwrap()).unwrap()),
+        &to_vec(&swiglu_slow(&x, &x.sin().unwrap()).unwrap()),
+        2e-5,
+    );
     // Scores [5, 1, 37] with a key mask [5, 37] (one group per row).
     let scores = x.unsqueeze(1).unwrap();
     let mask = common::random_mask(&mut rng, 5, 37);

@@ -162,6 +162,23 @@ fn rms_norm_forward_and_backward_for_x_and_w() {
     }
 }
 
+#[test]
+fn swiglu_forward_and_backward_for_gate_and_up() {
+    force_portable();
+    let mut rng = Rng::new(7);
+    for shape in SHAPES {
+        let g = randn(&mut rng, shape, 4.0);
+        let u = randn(&mut rng, shape, 1.0);
+        compare(
+            &format!("swiglu {shape:?}"),
+            &[g, u],
+            &|t| swiglu(&t[0], &t[1]).unwrap(),
+            &|t| swiglu_slow(&t[0], &t[1]).unwrap(),
+            2e-5,
+        );
+    }
+}
+
 /// The attention block's softmax and its backward run on the portable path: values and the
 /// gradients of q, k and v, with padded keys and dropout on and off.
 #[test]

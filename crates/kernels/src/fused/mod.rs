@@ -17,6 +17,7 @@ mod layer_norm;
 mod matmul;
 mod rms_norm;
 mod softmax;
+mod swiglu;
 
 pub use attention::{attention, attention_slow, AttentionConfig};
 pub use dropout::{dropout, dropout_mask, dropout_slow};
@@ -29,6 +30,7 @@ pub use rms_norm::{rms_norm, rms_norm_slow};
 pub use softmax::{
     softmax_last_dim, softmax_last_dim_masked, softmax_last_dim_masked_slow, softmax_last_dim_slow,
 };
+pub use swiglu::{swiglu, swiglu_slow};
 
 use candle_core::{CpuStorage, DType, Device, Layout, Tensor};
 use rayon::prelude::*;

@@ -379,9 +379,10 @@ impl LlamaModel {
             .reshape((b, l, heads * hd))?;
         let x = (x + blk.o.forward(&att)?)?;
         let h = rms_norm(&x, &blk.post_norm, c.rms_norm_eps)?;
-        let mlp = blk
-            .down
-            .forward(&(candle_nn::ops::silu(&blk.gate.forward(&h)?)? * blk.up.forward(&h)?)?)?;
+        let mlp = blk.down.forward(&fused::swiglu(
+            &blk.gate.forward(&h)?,
+            &blk.up.forward(&h)?,
+        )?)?;
         Ok(((x + mlp)?, recorded))
     }
 }
