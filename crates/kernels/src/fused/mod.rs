@@ -16,6 +16,7 @@ mod heads;
 mod layer_norm;
 mod matmul;
 mod rms_norm;
+mod rope;
 mod softmax;
 mod swiglu;
 
@@ -27,6 +28,7 @@ pub use heads::{merge_heads, merge_heads_slow, split_heads, split_heads_slow};
 pub use layer_norm::{layer_norm, layer_norm_slow};
 pub use matmul::{bmm, bmm_scaled, bmm_scaled_slow, linear, linear_slow};
 pub use rms_norm::{rms_norm, rms_norm_slow};
+pub use rope::{rope, rope_slow};
 pub use softmax::{
     softmax_last_dim, softmax_last_dim_masked, softmax_last_dim_masked_slow, softmax_last_dim_slow,
 };

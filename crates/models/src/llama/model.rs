@@ -1,7 +1,8 @@
 //! The LLaMA-family decoder: token embedding, blocks of RMSNorm → grouped-query self-attention
 //! with rotary positions (causal, padding keys masked) → residual, RMSNorm → SwiGLU MLP →
-//! residual; a final RMSNorm and the output projection (tied to the embedding or not). Built
-//! from plain candle ops, so every operation has a gradient; the fused CPU versions come next.
+//! residual; a final RMSNorm and the output projection (tied to the embedding or not). RMSNorm,
+//! RoPE, SwiGLU and the projections are distillery-kernels' fused CPU ops (each with a backward,
+//! falling back to candle composites elsewhere); the attention itself is still candle ops.
 
 use candle_core::{DType, Device, Tensor, D};
 use distillery_kernels::fused;
@@ -99,14 +100,6 @@ impl std::fmt::Debug for Vars {
 /// `x / √(mean(x²) + ε) · w` over the last dimension, in f32.
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(fused::rms_norm(&x.to_dtype(DType::F32)?, w, eps as f32)?)
-}
-
-/// `[-x₂, x₁]` for `x = [x₁, x₂]` split in halves along the last dimension.
-fn rotate_half(x: &Tensor) -> Result<Tensor> {
-    let d = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-    Ok(Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?)
 }
 
 impl LlamaModel {
@@ -274,7 +267,7 @@ impl LlamaModel {
         })
     }
 
-    /// cos and sin of position × frequency, [batch, 1, seq, head_dim] (halves repeated), the
+    /// cos and sin of position × frequency, [batch, seq, head_dim] (halves repeated), the
     /// positions counting tokens only.
     fn rotary(&self, mask: &Tensor) -> Result<(Tensor, Tensor)> {
         self.rotary_at(&(mask.cumsum(1)? - 1.0)?.clamp(0f32, f32::MAX)?)
@@ -283,7 +276,7 @@ impl LlamaModel {
     /// cos and sin at positions `pos`, f32 [batch, seq].
     fn rotary_at(&self, pos: &Tensor) -> Result<(Tensor, Tensor)> {
         let freqs = pos.unsqueeze(2)?.broadcast_mul(&self.inv_freq)?;
-        let emb = Tensor::cat(&[&freqs, &freqs], D::Minus1)?.unsqueeze(1)?;
+        let emb = Tensor::cat(&[&freqs, &freqs], D::Minus1)?;
         Ok((emb.cos()?, emb.sin()?))
     }
 
@@ -338,9 +331,7 @@ impl LlamaModel {
         let split = |t: Tensor, n: usize| -> Result<Tensor> {
             Ok(t.reshape((b, l, n, hd))?.transpose(1, 2)?.contiguous()?)
         };
-        let rope = |t: &Tensor| -> Result<Tensor> {
-            Ok((t.broadcast_mul(cos)? + rotate_half(t)?.broadcast_mul(sin)?)?)
-        };
+        let rope = |t: &Tensor| -> Result<Tensor> { Ok(fused::rope(t, cos, sin)?) };
         let q = rope(&split(blk.q.forward(&h)?, heads)?)?;
         let k = rope(&split(blk.k.forward(&h)?, kv)?)?;
         let v = split(blk.v.forward(&h)?, kv)?;
