@@ -50,9 +50,18 @@ pub fn is_gguf(path: &Path) -> bool {
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| io_err(path, e))?;
-        let content = Content::read(&mut BufReader::new(file)).map_err(|e| ModelError::Gguf {
-            path: path.to_path_buf(),
-            message: format!("not a readable GGUF file: {}", first_line(&e)),
+        let content = Content::read(&mut BufReader::new(file)).map_err(|e| {
+            let message = match super::gguf_scan::unknown_type_tensor(path) {
+                Some((name, kind)) => format!(
+                    "tensor `{name}`: unknown quantisation type {kind} (known: F32, F16, BF16, \
+                     Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K to Q8_K)"
+                ),
+                None => format!("not a readable GGUF file: {}", first_line(&e)),
+            };
+            ModelError::Gguf {
+                path: path.to_path_buf(),
+                message,
+            }
         })?;
         Ok(Self {
             path: path.to_path_buf(),

@@ -7,6 +7,7 @@ mod chat;
 mod config;
 mod generate;
 mod gguf;
+mod gguf_scan;
 mod gguf_tokenizer;
 mod load;
 mod model;
