@@ -207,6 +207,8 @@ fn attention_block_matches_the_separate_ops() {
         let cfg = AttentionConfig {
             batch,
             heads,
+            kv_heads: heads,
+            causal: false,
             scale: 1.0 / (d as f64).sqrt(),
             dropout: p,
             seed: 77 + seq as u64,
@@ -226,6 +228,8 @@ fn attention_block_matches_the_separate_ops() {
     let one = |p: f64| AttentionConfig {
         batch: 2,
         heads: 1,
+        kv_heads: 1,
+        causal: false,
         scale: 1.0,
         dropout: p,
         seed: 1,
@@ -250,6 +254,8 @@ fn attention_block_matches_the_separate_ops() {
     let cfg = AttentionConfig {
         batch,
         heads,
+        kv_heads: heads,
+        causal: false,
         scale: 0.5,
         dropout: 0.2,
         seed: 3,
@@ -274,6 +280,80 @@ fn attention_block_matches_the_separate_ops() {
             attention_slow(&q, &k, &v, &t[2], &cfg).unwrap()
         },
         1e-5,
+    );
+}
+
+/// A decoder's attention: causal, with grouped key/value heads (several query heads per
+/// key/value head, whose dk and dv accumulate), against the composite with the key/value
+/// heads widened; padding on the right (random) and on the left, dropout on and off.
+#[test]
+fn causal_grouped_attention_matches_the_separate_ops() {
+    let mut rng = Rng::new(8);
+    for (batch, heads, kv_heads, seq, d, p, left) in [
+        (2, 4, 2, 9, 8, 0.0, false),
+        (2, 6, 2, 13, 5, 0.1, true),
+        (1, 3, 1, 16, 4, 0.0, true),
+        (3, 2, 2, 7, 3, 0.0, false),
+        (2, 9, 3, 33, 64, 0.0, true),
+    ] {
+        let (q, k, v) = (
+            randn(&mut rng, &[batch * seq, heads * d], 1.0),
+            randn(&mut rng, &[batch * seq, kv_heads * d], 1.0),
+            randn(&mut rng, &[batch * seq, kv_heads * d], 1.0),
+        );
+        let mask = if left {
+            // Row b starts with b + 1 padding positions (some query rows see only padding).
+            let m: Vec<f32> = (0..batch)
+                .flat_map(|b| (0..seq).map(move |i| f32::from(u8::from(i > b))))
+                .collect();
+            Tensor::from_vec(m, (batch, seq), &Device::Cpu).unwrap()
+        } else {
+            random_mask(&mut rng, batch, seq)
+        };
+        let bias = ((mask.ones_like().unwrap() - &mask).unwrap() * f64::from(f32::MIN)).unwrap();
+        let cfg = AttentionConfig {
+            batch,
+            heads,
+            kv_heads,
+            causal: true,
+            scale: 1.0 / (d as f64).sqrt(),
+            dropout: p,
+            seed: 5 + seq as u64,
+        };
+        compare(
+            &format!("causal attention b{batch} h{heads}/{kv_heads} s{seq} d{d} p{p} left {left}"),
+            &[q, k, v, bias],
+            &|t| attention(&t[0], &t[1], &t[2], &t[3], &cfg).unwrap(),
+            &|t| attention_slow(&t[0], &t[1], &t[2], &t[3], &cfg).unwrap(),
+            1e-5,
+        );
+    }
+    // Causality itself: changing the last token's key and value moves no earlier output.
+    let (batch, heads, seq, d) = (1, 2, 6, 4);
+    let q = randn(&mut rng, &[seq, heads * d], 1.0);
+    let k = randn(&mut rng, &[seq, d], 1.0);
+    let v = randn(&mut rng, &[seq, d], 1.0);
+    let bias = Tensor::zeros((batch, seq), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let cfg = AttentionConfig {
+        batch,
+        heads,
+        kv_heads: 1,
+        causal: true,
+        scale: 0.5,
+        dropout: 0.0,
+        seed: 0,
+    };
+    let bump = |t: &Tensor| {
+        let last = (t.narrow(0, seq - 1, 1).unwrap() + 5.0).unwrap();
+        Tensor::cat(&[&t.narrow(0, 0, seq - 1).unwrap(), &last], 0).unwrap()
+    };
+    let a = attention(&q, &k, &v, &bias, &cfg).unwrap();
+    let b = attention(&q, &bump(&k), &bump(&v), &bias, &cfg).unwrap();
+    let head = |t: &Tensor| to_vec(&t.narrow(0, 0, seq - 1).unwrap());
+    assert_eq!(head(&a), head(&b));
+    assert_ne!(
+        to_vec(&a.narrow(0, seq - 1, 1).unwrap()),
+        to_vec(&b.narrow(0, seq - 1, 1).unwrap())
     );
 }
 

@@ -203,6 +203,8 @@ fn attention_block_forward_and_backward() {
         let cfg = AttentionConfig {
             batch,
             heads,
+            kv_heads: heads,
+            causal: false,
             scale: 1.0 / (d as f64).sqrt(),
             dropout: p,
             seed: 77 + seq as u64,

@@ -307,6 +307,8 @@ impl BertModel {
             let cfg = fused::AttentionConfig {
                 batch: b,
                 heads,
+                kv_heads: heads,
+                causal: false,
                 scale,
                 dropout: p_attn,
                 seed: dropout_seed(opts.seed, &attn_site),

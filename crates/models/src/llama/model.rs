@@ -1,15 +1,16 @@
 //! The LLaMA-family decoder: token embedding, blocks of RMSNorm → grouped-query self-attention
 //! with rotary positions (causal, padding keys masked) → residual, RMSNorm → SwiGLU MLP →
 //! residual; a final RMSNorm and the output projection (tied to the embedding or not). RMSNorm,
-//! RoPE, SwiGLU and the projections are distillery-kernels' fused CPU ops (each with a backward,
-//! falling back to candle composites elsewhere); the attention itself is still candle ops.
+//! RoPE, SwiGLU, the projections and the causal grouped-query attention are distillery-kernels'
+//! fused CPU ops (each with a backward, falling back to candle composites elsewhere);
+//! incremental decoding on the KV cache uses candle ops.
 
 use candle_core::{DType, Device, Tensor, D};
 use distillery_kernels::fused;
 
 use super::config::LlamaConfig;
 use crate::error::{ModelError, Result};
-use crate::output::{key_bias, LayerAttention, ModelOutput};
+use crate::output::{LayerAttention, ModelOutput};
 use crate::params::{Init, ParamBuilder};
 
 #[derive(Debug, Clone)]
@@ -239,12 +240,13 @@ impl LlamaModel {
             .index_select(&input_ids.flatten_all()?, 0)?
             .reshape((b, l, c.hidden_size))?;
         let (cos, sin) = self.rotary(&mask)?;
-        let bias = key_bias(&mask, l, true)?;
+        // The fused attention takes the key bias per sequence and applies causality itself.
+        let bias = ((&mask - 1.0)? * f64::from(f32::MAX))?;
         let mut hidden_states = vec![x.clone()];
         let mut attentions = Vec::with_capacity(self.blocks.len());
         let mut x = x;
         for block in &self.blocks {
-            let (y, att) = self.block(block, &x, &cos, &sin, &bias, None)?;
+            let (y, att) = self.block(block, &x, &cos, &sin, Attend::Full(&bias))?;
             x = y;
             hidden_states.push(x.clone());
             attentions.extend(att);
@@ -307,7 +309,9 @@ impl LlamaModel {
             .index_select(&input_ids.flatten_all()?, 0)?
             .reshape((1, n, c.hidden_size))?;
         for (blk, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            x = self.block(blk, &x, &cos, &sin, &bias, Some(kv))?.0;
+            x = self
+                .block(blk, &x, &cos, &sin, Attend::Cached(&bias, kv))?
+                .0;
         }
         cache.seen += n;
         let last = rms_norm(&x, &self.norm, c.rms_norm_eps)?;
@@ -321,8 +325,7 @@ impl LlamaModel {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        bias: &Tensor,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        attend: Attend<'_>,
     ) -> Result<(Tensor, Option<LayerAttention>)> {
         let c = &self.config;
         let (b, l, _) = x.dims3()?;
@@ -334,40 +337,62 @@ impl LlamaModel {
         let rope = |t: &Tensor| -> Result<Tensor> { Ok(fused::rope(t, cos, sin)?) };
         let q = rope(&split(blk.q.forward(&h)?, heads)?)?;
         let k = rope(&split(blk.k.forward(&h)?, kv)?)?;
-        let v = split(blk.v.forward(&h)?, kv)?;
-        // Incremental decoding: the keys (after RoPE) and values of earlier tokens come first.
-        let recorded = match cache {
-            None => Some(LayerAttention::from_heads(&q, &k, &v)?),
-            Some(_) => None,
-        };
-        let (k, v) = match cache {
-            None => (k, v),
-            Some(slot) => {
+        let (att, recorded) = match attend {
+            Attend::Full(key_bias) => {
+                // Heads packed in rows, as the fused attention and the losses read them.
+                let query = fused::merge_heads(&q)?;
+                let key = fused::merge_heads(&k)?;
+                let value = blk.v.forward(&h)?.reshape((b * l, kv * hd))?;
+                let cfg = fused::AttentionConfig {
+                    batch: b,
+                    heads,
+                    kv_heads: kv,
+                    causal: true,
+                    scale: 1.0 / (hd as f64).sqrt(),
+                    dropout: 0.0,
+                    seed: 0,
+                };
+                let ctx = fused::attention(&query, &key, &value, key_bias, &cfg)?;
+                let recorded = LayerAttention {
+                    query,
+                    key,
+                    value,
+                    batch: b,
+                    heads,
+                    kv_heads: kv,
+                    scores: None,
+                    probs: None,
+                };
+                (ctx.reshape((b, l, heads * hd))?, Some(recorded))
+            }
+            Attend::Cached(bias, slot) => {
+                let v = split(blk.v.forward(&h)?, kv)?;
+                // The keys (after RoPE) and values of earlier tokens come first.
                 let (k, v) = match slot.take() {
                     Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
                     None => (k, v),
                 };
                 *slot = Some((k.clone(), v.clone()));
-                (k, v)
+                let kl = k.dim(2)?;
+                // Grouped-query attention: query head i reads key/value head i / (heads / kv).
+                let repeat = |t: Tensor| -> Result<Tensor> {
+                    if kv == heads {
+                        return Ok(t);
+                    }
+                    Ok(t.unsqueeze(2)?
+                        .expand((b, kv, heads / kv, kl, hd))?
+                        .reshape((b, heads, kl, hd))?)
+                };
+                let (k, v) = (repeat(k)?, repeat(v)?);
+                let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(bias)?;
+                let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+                let att = probs
+                    .matmul(&v)?
+                    .transpose(1, 2)?
+                    .reshape((b, l, heads * hd))?;
+                (att, None)
             }
         };
-        let kl = k.dim(2)?;
-        // Grouped-query attention: query head i reads key/value head i / (heads / kv).
-        let repeat = |t: Tensor| -> Result<Tensor> {
-            if kv == heads {
-                return Ok(t);
-            }
-            Ok(t.unsqueeze(2)?
-                .expand((b, kv, heads / kv, kl, hd))?
-                .reshape((b, heads, kl, hd))?)
-        };
-        let (k, v) = (repeat(k)?, repeat(v)?);
-        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(bias)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let att = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, l, heads * hd))?;
         let x = (x + blk.o.forward(&att)?)?;
         let h = rms_norm(&x, &blk.post_norm, c.rms_norm_eps)?;
         let mlp = blk.down.forward(&fused::swiglu(
@@ -376,6 +401,13 @@ impl LlamaModel {
         )?)?;
         Ok(((x + mlp)?, recorded))
     }
+}
+
+/// How a block attends: a whole batch at once (fused causal attention over the key bias
+/// [batch, seq]), or one sequence incrementally on its KV cache (bias [1, 1, new, seen + new]).
+enum Attend<'a> {
+    Full(&'a Tensor),
+    Cached(&'a Tensor, &'a mut Option<(Tensor, Tensor)>),
 }
 
 /// Keys (after RoPE) and values of the tokens decoded so far, per layer, each
