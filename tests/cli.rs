@@ -439,25 +439,12 @@ fn inspect_reads_a_decoder_folder() {
     );
 }
 
-fn smollm2() -> PathBuf {
-    let path = std::env::var_os("DISTILLERY_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures"))
-        .join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.is_file(),
-        "{}: run scripts/fetch-fixtures.sh",
-        path.display()
-    );
-    path
-}
-
 /// The real GGUF teacher through the binary: `--chat` applies its template and the greedy
 /// continuation is transformers' (reference of crates/models/tests/smollm2.rs) up to and
 /// including its end-of-turn token; `inspect` shows the quantisation types from the header.
 #[test]
 fn gguf_model_generates_chat_replies_and_inspects() {
-    let gguf = smollm2();
+    let gguf = distillery_models::testing::fixture(distillery_models::testing::SMOLLM2);
     let reference: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -6,7 +6,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
-use common::{assert_close, randn, to_vec, Rng};
+use common::{assert_close, check_finite_differences, randn, to_vec, Rng};
 use distillery_kernels::fused::*;
 
 /// Values and the gradients of `Σ f(x)⊙u` (u random) for fused and slow, compared.
@@ -213,30 +213,15 @@ fn rms_norm_weight_gradient_matches_finite_differences() {
         .backward()
         .unwrap();
     let analytic = to_vec(g.get(v.as_tensor()).unwrap());
-    let (x64, u64_) = (
-        x.to_dtype(DType::F64).unwrap(),
-        u.to_dtype(DType::F64).unwrap(),
+    let x64 = x.to_dtype(DType::F64).unwrap();
+    check_finite_differences(
+        "rms_norm dw",
+        &w,
+        &u,
+        &analytic,
+        &|t| rms_norm_slow(&x64, t, 1e-5).unwrap(),
+        &[0, 7, 16, 18],
     );
-    let base: Vec<f64> = to_vec(&w).iter().map(|&v| f64::from(v)).collect();
-    for i in [0, 7, 16, 18] {
-        let at = |d: f64| {
-            let mut p = base.clone();
-            p[i] += d;
-            let t = Tensor::from_vec(p, 19, &Device::Cpu).unwrap();
-            (rms_norm_slow(&x64, &t, 1e-5).unwrap() * &u64_)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
-        };
-        let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
-        let got = f64::from(analytic[i]);
-        assert!(
-            (got - fd).abs() <= 1e-5 * fd.abs().max(1.0),
-            "rms_norm dw[{i}]: fused {got} vs finite difference {fd}"
-        );
-    }
 }
 
 #[test]
@@ -287,7 +272,6 @@ fn backward_ops_match_finite_differences_in_f64_reference_terms() {
             Box::new(|x| rms_norm_slow(x, &w.to_dtype(DType::F64).unwrap(), 1e-5).unwrap()),
         ),
     ];
-    let u64_ = u.to_dtype(DType::F64).unwrap();
     for (name, fused, reference) in ops {
         let v = Var::from_tensor(&x).unwrap();
         let g = (fused(v.as_tensor()) * &u)
@@ -297,26 +281,7 @@ fn backward_ops_match_finite_differences_in_f64_reference_terms() {
             .backward()
             .unwrap();
         let analytic = to_vec(g.get(v.as_tensor()).unwrap());
-        let base: Vec<f64> = to_vec(&x).iter().map(|&v| f64::from(v)).collect();
-        for i in [0, 5, 16, 32] {
-            let at = |d: f64| {
-                let mut p = base.clone();
-                p[i] += d;
-                let t = Tensor::from_vec(p, (3, 11), &Device::Cpu).unwrap();
-                (reference(&t) * &u64_)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap()
-            };
-            let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
-            let got = f64::from(analytic[i]);
-            assert!(
-                (got - fd).abs() <= 1e-5 * fd.abs().max(1.0),
-                "{name}[{i}]: fused {got} vs finite difference {fd}"
-            );
-        }
+        check_finite_differences(name, &x, &u, &analytic, &*reference, &[0, 5, 16, 32]);
     }
 }
 

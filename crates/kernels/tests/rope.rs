@@ -6,8 +6,8 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor, Var};
-use common::{assert_close, randn, to_vec, Rng};
+use candle_core::{DType, Tensor, Var};
+use common::{assert_close, check_finite_differences, randn, to_vec, Rng};
 use distillery_kernels::fused::{rope, rope_slow};
 
 /// cos and sin of seeded angles, [batch, seq, d] (halves not repeated: the op is general).
@@ -54,27 +54,15 @@ fn rope_gradient_matches_finite_differences() {
         .unwrap();
     let analytic = to_vec(g.get(v.as_tensor()).unwrap());
     let f64_ = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
-    let (c64, s64, u64_) = (f64_(&cos), f64_(&sin), f64_(&u));
-    let base: Vec<f64> = to_vec(&x).iter().map(|&v| f64::from(v)).collect();
-    for i in [0, 4, 17, 35] {
-        let at = |e: f64| {
-            let mut p = base.clone();
-            p[i] += e;
-            let t = Tensor::from_vec(p, (b, h, l, d), &Device::Cpu).unwrap();
-            (rope_slow(&t, &c64, &s64).unwrap() * &u64_)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
-        };
-        let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
-        let got = f64::from(analytic[i]);
-        assert!(
-            (got - fd).abs() <= 1e-5 * fd.abs().max(1.0),
-            "rope dx[{i}]: fused {got} vs finite difference {fd}"
-        );
-    }
+    let (c64, s64) = (f64_(&cos), f64_(&sin));
+    check_finite_differences(
+        "rope dx",
+        &x,
+        &u,
+        &analytic,
+        &|t| rope_slow(t, &c64, &s64).unwrap(),
+        &[0, 4, 17, 35],
+    );
 }
 
 /// With Hugging Face's repeated halves (cos, sin of the same angle in both halves) the rotation

@@ -62,3 +62,45 @@ pub fn write_tiny_tokenizer(dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::write(&path, json.to_string())?;
     Ok(path)
 }
+
+/// A LLaMA config to build tiny decoders from with `llama::random_llama` (which fills in the
+/// sizes): `vocab` tokens, plain RoPE, untied head, 64 positions, no special token ids.
+pub fn llama_base(vocab: usize) -> crate::llama::LlamaConfig {
+    crate::llama::LlamaConfig {
+        model_type: "llama".into(),
+        vocab_size: vocab,
+        hidden_size: 0,
+        intermediate_size: 0,
+        num_hidden_layers: 0,
+        num_attention_heads: 0,
+        num_key_value_heads: 0,
+        head_dim: 0,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        rope_scaling: crate::llama::RopeScaling::None,
+        qkv_bias: false,
+        tie_word_embeddings: false,
+        max_position_embeddings: 64,
+        bos_token_id: serde_json::Value::Null,
+        eos_token_id: serde_json::Value::Null,
+    }
+}
+
+/// A fetched fixture (`scripts/fetch-fixtures.sh`): `rel` under `$DISTILLERY_FIXTURES`, or
+/// under the workspace's `fixtures/`. Panics, naming the path and the script, when missing:
+/// a test that needs a real model must not pass without it.
+pub fn fixture(rel: &str) -> PathBuf {
+    let path = std::env::var_os("DISTILLERY_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures"))
+        .join(rel);
+    assert!(
+        path.exists(),
+        "fixture missing: {} — run scripts/fetch-fixtures.sh",
+        path.display()
+    );
+    path
+}
+
+/// The decoder fixture: SmolLM2-135M-Instruct as a Q4_1 GGUF file.
+pub const SMOLLM2: &str = "smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";

@@ -10,28 +10,15 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use distillery_models::llama::{
-    open_decoder, random_llama, GgufFile, LlamaConfig, LlamaModel, LlamaShape, RopeScaling,
+    open_decoder, random_llama, GgufFile, LlamaConfig, LlamaModel, LlamaShape,
 };
-use distillery_models::{LoadOptions, TextInput};
+use distillery_models::{testing, LoadOptions, TextInput};
 
 fn base() -> LlamaConfig {
     LlamaConfig {
-        model_type: "llama".into(),
-        vocab_size: 96,
-        hidden_size: 0,
-        intermediate_size: 0,
-        num_hidden_layers: 0,
-        num_attention_heads: 0,
-        num_key_value_heads: 0,
-        head_dim: 0,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: RopeScaling::None,
-        qkv_bias: false,
-        tie_word_embeddings: false,
-        max_position_embeddings: 64,
         bos_token_id: 0.into(),
         eos_token_id: 1.into(),
+        ..testing::llama_base(96)
     }
 }
 

@@ -4,26 +4,12 @@
 //! scripts/reference/smollm2_reference.py). Needs the fixture: `scripts/fetch-fixtures.sh`.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
 use distillery_models::llama::{next_token_nll, open_decoder, Decoder, DecoderSource, Sampling};
-use distillery_models::{LoadOptions, TextInput};
+use distillery_models::{testing, LoadOptions, TextInput};
 use serde_json::Value;
-
-fn fixture() -> PathBuf {
-    let path = std::env::var_os("DISTILLERY_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures"))
-        .join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.is_file(),
-        "fixture missing: {} — run scripts/fetch-fixtures.sh",
-        path.display()
-    );
-    path
-}
 
 fn reference() -> &'static Value {
     static R: OnceLock<Value> = OnceLock::new();
@@ -32,7 +18,14 @@ fn reference() -> &'static Value {
 
 fn decoder() -> &'static Decoder {
     static D: OnceLock<Decoder> = OnceLock::new();
-    D.get_or_init(|| open_decoder(&fixture(), &LoadOptions::default(), Some(512)).unwrap())
+    D.get_or_init(|| {
+        open_decoder(
+            &testing::fixture(testing::SMOLLM2),
+            &LoadOptions::default(),
+            Some(512),
+        )
+        .unwrap()
+    })
 }
 
 fn cases() -> &'static [Value] {

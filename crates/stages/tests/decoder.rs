@@ -8,7 +8,7 @@ use candle_core::Device;
 use candle_nn::VarMap;
 use distillery_data::{BatchConfig, Batcher, Dataset, Example};
 use distillery_losses::*;
-use distillery_models::llama::{random_llama, LlamaConfig, LlamaShape, RopeScaling};
+use distillery_models::llama::{random_llama, LlamaConfig, LlamaShape};
 use distillery_models::{testing, Family, Model, TextTokenizer};
 use distillery_stages::*;
 
@@ -40,22 +40,8 @@ fn data() -> Dataset {
 
 fn base(vocab: usize) -> LlamaConfig {
     LlamaConfig {
-        model_type: "llama".into(),
-        vocab_size: vocab,
-        hidden_size: 0,
-        intermediate_size: 0,
-        num_hidden_layers: 0,
-        num_attention_heads: 0,
-        num_key_value_heads: 0,
-        head_dim: 0,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: RopeScaling::None,
-        qkv_bias: false,
         tie_word_embeddings: true,
-        max_position_embeddings: 64,
-        bos_token_id: serde_json::Value::Null,
-        eos_token_id: serde_json::Value::Null,
+        ..testing::llama_base(vocab)
     }
 }
 

@@ -233,11 +233,7 @@ impl CustomOp3 for LayerNormBwdOp {
                 p
             })
             .collect();
-        for p in &partials {
-            for (t, v) in tail.iter_mut().zip(p) {
-                *t += v;
-            }
-        }
+        super::sum_partials(tail, &partials);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from_dims(&[len])))
     }

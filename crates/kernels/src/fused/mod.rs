@@ -98,6 +98,16 @@ fn par_rows(
     });
 }
 
+/// Adds per-chunk partial sums into `total` in chunk order (so a parameter gradient is the
+/// same bits whatever the thread count).
+fn sum_partials(total: &mut [f32], partials: &[Vec<f32>]) {
+    for p in partials {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+}
+
 /// Horizontal sum and max of a vector.
 #[inline(always)]
 fn hsum<S: Simd>(s: S, v: S::V) -> f32 {

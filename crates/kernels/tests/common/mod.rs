@@ -186,3 +186,36 @@ pub fn assert_eval_close(what: &str, got: &Eval, want: &Eval, tol_rows: f32, tol
     assert_close(&format!("{what} dQ_s"), &got.dq, &want.dq, tol_grads);
     assert_close(&format!("{what} dK_s"), &got.dk, &want.dk, tol_grads);
 }
+
+/// Central differences of `Σ reference(x)⊙u` (in f64) at `points` of `x`, against `analytic`
+/// (the fused op's gradient of `Σ f(x)⊙u` at `x`), within 1e-5 relative (absolute below 1).
+pub fn check_finite_differences(
+    name: &str,
+    x: &Tensor,
+    u: &Tensor,
+    analytic: &[f32],
+    reference: &dyn Fn(&Tensor) -> Tensor,
+    points: &[usize],
+) {
+    let u64_ = u.to_dtype(DType::F64).unwrap();
+    let base: Vec<f64> = to_vec(x).iter().map(|&v| f64::from(v)).collect();
+    for &i in points {
+        let at = |d: f64| {
+            let mut p = base.clone();
+            p[i] += d;
+            let t = Tensor::from_vec(p, x.dims(), &Device::Cpu).unwrap();
+            (reference(&t) * &u64_)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
+        let got = f64::from(analytic[i]);
+        assert!(
+            (got - fd).abs() <= 1e-5 * fd.abs().max(1.0),
+            "{name}[{i}]: fused {got} vs finite difference {fd}"
+        );
+    }
+}
