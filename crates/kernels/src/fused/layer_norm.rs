@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{f32_slice, fused_applies, hsum, rows_per_task, simd_entry};
+use super::{check_width, f32_slice, fused_applies, hsum, rows_per_task, simd_entry};
 use crate::error::Result;
 use crate::simd::{Isa, Simd, LANES};
 
@@ -118,14 +118,6 @@ simd_entry!(bwd => bwd_kernel(x: &[f32], w: &[f32], g: &[f32], dx: &mut [f32], d
 
 struct LayerNormOp {
     eps: f32,
-}
-
-fn check_width(op: &str, l1: &Layout, w_len: usize) -> candle_core::Result<usize> {
-    let width = l1.dims().last().copied().unwrap_or(0);
-    if width == 0 || width != w_len {
-        candle_core::bail!("{op}: last dim {width} does not match the weight's {w_len}");
-    }
-    Ok(width)
 }
 
 impl CustomOp3 for LayerNormOp {

@@ -98,6 +98,15 @@ fn par_rows(
     });
 }
 
+/// The width of a row-wise op's rows (the last dim of `l1`), which must equal its weight's.
+fn check_width(op: &str, l1: &Layout, w_len: usize) -> candle_core::Result<usize> {
+    let width = l1.dims().last().copied().unwrap_or(0);
+    if width == 0 || width != w_len {
+        candle_core::bail!("{op}: last dim {width} does not match the weight's {w_len}");
+    }
+    Ok(width)
+}
+
 /// Adds per-chunk partial sums into `total` in chunk order (so a parameter gradient is the
 /// same bits whatever the thread count).
 fn sum_partials(total: &mut [f32], partials: &[Vec<f32>]) {
